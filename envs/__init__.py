@@ -1,1 +1,98 @@
-"""razor-robot."""
+"""razor_robot.envs: the three tasks (pick-can, open-drawer, close-drawer) on two simulator backends.
+
+make_env("pick-can") builds the embedded Meta-World default; make_env(task, backend="simpler") the
+SimplerEnv adapter. Backends are imported lazily, so importing this package needs neither mujoco nor
+simpler_env. Gymnasium ids: razor_robot/PickCan-v0, razor_robot/OpenDrawer-v0, razor_robot/CloseDrawer-v0
+(keyword backend=... selects the backend).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core import (
+    BACKENDS,
+    INSTRUCTIONS,
+    NEW_TASK,
+    POSITION_RANGES,
+    PRIOR_TASKS,
+    SUCCESS_MODES,
+    TASKS,
+    MissingDependencyError,
+    TaskSpec,
+    check_backend,
+    check_image_size,
+    check_success_mode,
+    check_task,
+    eval_positions,
+    grid_positions,
+    position_ranges,
+    task_spec,
+)
+
+__all__ = [
+    "BACKENDS",
+    "GYM_IDS",
+    "INSTRUCTIONS",
+    "NEW_TASK",
+    "POSITION_RANGES",
+    "PRIOR_TASKS",
+    "SUCCESS_MODES",
+    "TASKS",
+    "MissingDependencyError",
+    "TaskSpec",
+    "eval_positions",
+    "grid_positions",
+    "make_env",
+    "position_ranges",
+    "task_spec",
+]
+
+GYM_IDS = {
+    "pick-can": "razor_robot/PickCan-v0",
+    "open-drawer": "razor_robot/OpenDrawer-v0",
+    "close-drawer": "razor_robot/CloseDrawer-v0",
+}
+
+_SIMPLER_HINT = (
+    "install simpler_env and ManiSkill2_real2sim from their repositories in a Python <= 3.11 env, "
+    "then pip install 'razor-robot[simpler]' (see README)"
+)
+
+
+def make_env(
+    task: str,
+    backend: str = "metaworld",
+    *,
+    image_size: int = 64,
+    success_mode: str = "final",
+    **backend_options: Any,
+):
+    """Build one task env (a gymnasium.Env following docs/ARCHITECTURE.md); bad input -> ValueError."""
+    check_task(task)
+    check_backend(backend)
+    image_size = check_image_size(image_size)
+    check_success_mode(success_mode)
+    if backend == "metaworld":
+        from .metaworld_backend import MetaWorldTaskEnv
+
+        return MetaWorldTaskEnv(task, image_size=image_size, success_mode=success_mode, **backend_options)
+    try:
+        from .simpler_backend import make_simpler_env
+    except MissingDependencyError:
+        raise
+    except ImportError as exc:
+        raise MissingDependencyError("simpler_env", _SIMPLER_HINT) from exc
+    return make_simpler_env(task, image_size=image_size, success_mode=success_mode, **backend_options)
+
+
+def _register_gym_ids() -> None:
+    """Register the task ids with gymnasium (idempotent, so re-imports in vector-env workers are fine)."""
+    import gymnasium
+
+    for task, env_id in GYM_IDS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point="razor_robot.envs:make_env", kwargs={"task": task})
+
+
+_register_gym_ids()

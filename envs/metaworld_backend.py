@@ -1,0 +1,419 @@
+"""Embedded default backend: the three tasks on Meta-World v3 (MuJoCo), CPU only.
+
+- open-drawer / close-drawer: Meta-World's drawer-open-v3 / drawer-close-v3 scenes and success tests; the
+  drawer's x position is drawn from Meta-World's own reset space with the env's seeded generator.
+- pick-can: Meta-World's pick-place-v3 scene turned into "lift the can": the puck is replaced by the
+  project's can (assets/can.xml) and success = can at least LIFT_HEIGHT above its resting height while
+  both gripper pads touch it (SimplerEnv's lift criterion). reset(options={"object_xy": (x, y)}) places the
+  can exactly there; the expert's waypoint (Meta-World's "goal") sits straight above the can.
+
+Each policy step repeats the action for `action_repeat` Meta-World control steps (each 5 physics steps of
+2.5 ms), so episodes are short (core.HORIZONS) while the scripted experts still finish.
+
+Rendering: one mujoco.Renderer per env, a fixed free camera (images come out upright), shadows and
+reflections off, sites hidden. The Sawyer's visual meshes (~67k triangles, which cost ~19 ms a frame in
+software EGL) are swapped for boxes fitted to each mesh's bounding box, painted grey so the red can stands
+out; gripper fingers, can and drawer keep their own geometry. Visual geoms never collide, so physics is
+unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes.util
+import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+
+def _choose_gl_backend() -> None:
+    """Pick headless OpenGL before mujoco is imported: EGL if present, else OSMesa; keep a user's choice."""
+    if "MUJOCO_GL" in os.environ:
+        return
+    if ctypes.util.find_library("EGL"):
+        os.environ["MUJOCO_GL"] = "egl"
+    elif ctypes.util.find_library("OSMesa"):
+        os.environ["MUJOCO_GL"] = "osmesa"
+
+
+_choose_gl_backend()
+
+from .core import (  # noqa: E402
+    METAWORLD_ACTION_REPEAT,
+    MissingDependencyError,
+    TaskSpec,
+    check_image_size,
+    check_object_xy,
+    check_success_mode,
+    check_task,
+    task_spec,
+)
+
+try:  # noqa: E402
+    import gymnasium as gym
+    import mujoco
+    from gymnasium import spaces
+    from metaworld.envs.sawyer_drawer_close_v3 import SawyerDrawerCloseEnvV3
+    from metaworld.envs.sawyer_drawer_open_v3 import SawyerDrawerOpenEnvV3
+    from metaworld.envs.sawyer_pick_place_v3 import SawyerPickPlaceEnvV3
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(
+        "metaworld", "install the Meta-World backend with: pip install 'razor-robot[metaworld]'"
+    ) from exc
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+CAN_REST_Z = 0.045
+"""Height of the can's centre when it stands on the table (half its 9 cm height; table top is z=0)."""
+LIFT_HEIGHT = 0.04
+"""pick-can succeeds when the can is this far above its resting height while gripped."""
+GOAL_LIFT = 0.15
+"""The expert's waypoint is this far above the can's resting centre (well above LIFT_HEIGHT)."""
+STATE_DIM = 39
+STATE_BOUND = 10.0
+ROBOT_GREY = (0.55, 0.56, 0.6, 1.0)
+MAX_MESH_FACES = 500
+"""Robot meshes with more faces than this are not drawn as meshes (see simplify_robot_visuals)."""
+HIDDEN_GROUP = 3
+"""Geom group the renderer never shows (MuJoCo's default MjvOption shows groups 0-2 only)."""
+
+
+@dataclass(frozen=True)
+class CameraView:
+    """A fixed MuJoCo free camera; every task uses the same view so one policy sees one scene layout."""
+
+    lookat: Tuple[float, float, float] = (0.0, 0.72, 0.05)
+    """World point the camera looks at (between the can area and the drawer)."""
+    distance: float = 1.0
+    """Camera distance from lookat in metres."""
+    azimuth: float = 180.0
+    """Degrees; 180 looks from the +x side of the table across it, so the drawer slides sideways in view."""
+    elevation: float = -40.0
+    """Degrees below the horizon."""
+
+    def to_mjv(self) -> "mujoco.MjvCamera":
+        cam = mujoco.MjvCamera()
+        cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+        cam.lookat[:] = self.lookat
+        cam.distance = self.distance
+        cam.azimuth = self.azimuth
+        cam.elevation = self.elevation
+        return cam
+
+
+# --------------------------------------------------------------------------------------------- pick-can scene
+def _pick_can_xml() -> str:
+    """The pick-can MJCF with absolute include paths (see assets/sawyer_pick_can.xml)."""
+    import metaworld
+
+    mw_assets = Path(metaworld.__file__).resolve().parent / "assets"
+    text = (ASSETS / "sawyer_pick_can.xml").read_text()
+    return text.replace("__METAWORLD_ASSETS__", str(mw_assets)).replace("__RAZOR_ASSETS__", str(ASSETS))
+
+
+class SawyerPickCanEnv(SawyerPickPlaceEnvV3):
+    """Meta-World pick-place with the project's can and a lift success test.
+
+    The random vector is (can x, y, z, goal x, y, z); it is always frozen by MetaWorldTaskEnv, and unlike
+    pick-place's reset there is no resampling loop (the goal sits straight above the can on purpose).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Meta-World clips the state to its observation space, whose goal box comes from goal_space; the
+        # lift waypoint sits above any can position, so widen it from pick-place's (y >= 0.8) box.
+        self.goal_space = spaces.Box(
+            np.array([-0.3, 0.4, 0.0]), np.array([0.3, 0.9, 0.4]), dtype=np.float64
+        )
+
+    @property
+    def model_name(self) -> str:
+        return str(ASSETS / "sawyer_pick_can.xml")
+
+    def _initialize_simulation(self) -> Tuple["mujoco.MjModel", "mujoco.MjData"]:
+        # The template's includes need absolute paths, so compile from a string instead of the file.
+        model = mujoco.MjModel.from_xml_string(_pick_can_xml())
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, mujoco.MjData(model)
+
+    def reset_model(self) -> np.ndarray:
+        self._reset_hand()
+        rand_vec = np.asarray(self._get_state_rand_vec(), dtype=np.float64)
+        self.obj_init_pos = rand_vec[:3].copy()
+        self._target_pos = rand_vec[3:].copy()
+        self._set_obj_xyz(self.obj_init_pos)
+        self.model.site("goal").pos = self._target_pos
+        self.init_tcp = self.tcp_center
+        self.init_left_pad = self.get_body_com("leftpad").copy()
+        self.init_right_pad = self.get_body_com("rightpad").copy()
+        self.objHeight = self.data.geom("objGeom").xpos[2]
+        return self._get_obs()
+
+    def evaluate_state(self, obs: np.ndarray, action: np.ndarray) -> Tuple[float, Dict[str, Any]]:
+        assert self.obj_init_pos is not None
+        lift = float(obs[6] - self.obj_init_pos[2])
+        gripped = bool(self.touching_main_object)
+        success = lift >= LIFT_HEIGHT and gripped
+        return float(success), {"success": success, "lift": lift, "grasped": gripped}
+
+
+_INNER_ENVS = {
+    "pick-can": SawyerPickCanEnv,
+    "open-drawer": SawyerDrawerOpenEnvV3,
+    "close-drawer": SawyerDrawerCloseEnvV3,
+}
+
+
+def _make_inner(task: str) -> Any:
+    """A Meta-World env with the goal visible in the state (its experts read it) and a frozen rand vec."""
+    inner = _INNER_ENVS[task]()
+    inner._partially_observable = False
+    inner.__dict__.pop("sawyer_observation_space", None)  # cached_property: recompute for the new observability
+    inner._set_task_called = True
+    inner._freeze_rand_vec = True
+    return inner
+
+
+# ------------------------------------------------------------------------------------------- light rendering
+def simplify_robot_visuals(model: "mujoco.MjModel") -> int:
+    """Make the Sawyer cheap to draw and grey; returns how many high-poly meshes were replaced or hidden.
+
+    Robot geoms are those of bodies under "base". A visual-only mesh (contype = conaffinity = 0) with more
+    than MAX_MESH_FACES faces becomes its bounding box. A colliding high-poly mesh (the wrist link and the
+    gripper base) must keep its shape for physics, so it moves to HIDDEN_GROUP and the body's invisible
+    primitive proxy (a cylinder Meta-World ships with alpha 0) is shown instead. The finger pads keep
+    their colours; everything else on the robot turns grey so the red can is the only red thing in view.
+    """
+    robot_bodies = _subtree_bodies(model, "base")
+    changed = 0
+    for g in range(model.ngeom):
+        if model.geom_bodyid[g] not in robot_bodies:
+            continue
+        collides = bool(model.geom_contype[g] or model.geom_conaffinity[g])
+        if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_MESH:
+            mesh = model.geom_dataid[g]
+            if model.mesh_facenum[mesh] > MAX_MESH_FACES:
+                if collides:
+                    model.geom_group[g] = HIDDEN_GROUP
+                    _show_proxies(model, model.geom_bodyid[g])
+                else:
+                    _mesh_to_box(model, g, mesh)
+                changed += 1
+        if not collides and model.geom_rgba[g, 3] > 0:
+            model.geom_rgba[g] = ROBOT_GREY
+            model.geom_matid[g] = -1
+    return changed
+
+
+def _show_proxies(model: "mujoco.MjModel", body: int) -> None:
+    """Show a body's invisible primitive visual geoms (alpha 0) in grey."""
+    for g in range(model.ngeom):
+        primitive = model.geom_type[g] != mujoco.mjtGeom.mjGEOM_MESH
+        if model.geom_bodyid[g] == body and primitive and model.geom_rgba[g, 3] == 0:
+            model.geom_rgba[g] = ROBOT_GREY
+
+
+def _subtree_bodies(model: "mujoco.MjModel", root: str) -> set:
+    root_id = model.body(root).id
+    bodies = {root_id}
+    for b in range(model.nbody):  # parents always precede children in MuJoCo's body order
+        if model.body_parentid[b] in bodies and b != 0:
+            bodies.add(b)
+    return bodies
+
+
+def _mesh_to_box(model: "mujoco.MjModel", g: int, mesh: int) -> None:
+    start, count = model.mesh_vertadr[mesh], model.mesh_vertnum[mesh]
+    verts = model.mesh_vert[start : start + count]  # (V, 3) in the geom frame
+    low, high = verts.min(axis=0), verts.max(axis=0)
+    rot = np.zeros(9)
+    mujoco.mju_quat2Mat(rot, model.geom_quat[g])
+    model.geom_pos[g] = model.geom_pos[g] + rot.reshape(3, 3) @ ((low + high) / 2)
+    model.geom_type[g] = mujoco.mjtGeom.mjGEOM_BOX
+    model.geom_size[g] = (high - low) / 2
+    model.geom_dataid[g] = -1
+
+
+_LIVE_RENDERERS: "weakref.WeakSet[_FrameRenderer]" = weakref.WeakSet()
+_EXIT_HOOK: list = []
+
+
+def _close_live_renderers() -> None:
+    # An env never closed would free its EGL context in __del__ after mujoco's atexit hook has already
+    # terminated the EGL display, which prints a traceback. atexit runs hooks last-in first-out, so this
+    # one, registered after the first GL context exists, closes the renderers while EGL is still up.
+    for renderer in list(_LIVE_RENDERERS):
+        renderer.close()
+
+
+def _track(renderer: "_FrameRenderer") -> None:
+    _LIVE_RENDERERS.add(renderer)
+    if not _EXIT_HOOK:
+        atexit.register(_close_live_renderers)
+        _EXIT_HOOK.append(True)
+
+
+class _FrameRenderer:
+    """One offscreen mujoco.Renderer with the project's fixed camera and cheap scene flags."""
+
+    def __init__(self, model: "mujoco.MjModel", size: int, view: CameraView) -> None:
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        self._renderer = mujoco.Renderer(model, size, size)
+        flags = self._renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        self._camera = view.to_mjv()
+        self._option = mujoco.MjvOption()
+        self._option.sitegroup[:] = 0  # goal markers would leak the answer into the image
+        self._option.geomgroup[HIDDEN_GROUP] = 0
+        _track(self)
+
+    def render(self, data: "mujoco.MjData") -> np.ndarray:
+        self._renderer.update_scene(data, camera=self._camera, scene_option=self._option)
+        return self._renderer.render()  # (H, W, 3) uint8, row 0 = top of the image
+
+    def close(self) -> None:
+        self._renderer.close()
+        _LIVE_RENDERERS.discard(self)
+
+
+# ------------------------------------------------------------------------------------------------ the env
+def _state_space(inner: Any) -> "spaces.Box":
+    """Meta-World's own state bounds (it clips to them), with its unbounded object entries capped at
+    +-STATE_BOUND: positions are metres within the workspace and quaternions lie in [-1, 1]."""
+    box = inner.sawyer_observation_space
+    low = np.maximum(box.low, -STATE_BOUND).astype(np.float32)
+    high = np.minimum(box.high, STATE_BOUND).astype(np.float32)
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+class MetaWorldTaskEnv(gym.Env):
+    """One razor-robot task on Meta-World; follows the contract in docs/ARCHITECTURE.md.
+
+    >>> env = MetaWorldTaskEnv("pick-can")  # doctest: +SKIP
+    >>> obs, info = env.reset(seed=0, options={"object_xy": (0.0, 0.65)})  # doctest: +SKIP
+    >>> obs["image"].shape, obs["state"].shape, info["instruction"]  # doctest: +SKIP
+    ((64, 64, 3), (39,), 'pick coke can')
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        task: str = "pick-can",
+        *,
+        image_size: int = 64,
+        success_mode: str = "final",
+        action_repeat: Optional[int] = None,
+        camera: Optional[CameraView] = None,
+        render_mode: Optional[str] = None,
+    ) -> None:
+        self.task_spec: TaskSpec = task_spec(check_task(task), "metaworld")
+        self.image_size = check_image_size(image_size)
+        self.success_mode = check_success_mode(success_mode)
+        self.action_repeat = METAWORLD_ACTION_REPEAT[task] if action_repeat is None else int(action_repeat)
+        if self.action_repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {action_repeat!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.camera = camera or CameraView()
+
+        self._inner = _make_inner(task)
+        # Meta-World refuses to step past its own max_path_length; ours is the binding horizon.
+        self._inner.max_path_length = self.task_spec.horizon * self.action_repeat + 1
+        simplify_robot_visuals(self._inner.model)
+        self._renderer: Optional[_FrameRenderer] = None
+
+        size = self.image_size
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (size, size, 3), np.uint8),
+                "state": _state_space(self._inner),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (self.task_spec.action_dim,), np.float32)
+        self._t = 0
+        self._any_success = False
+        self._state = np.zeros(STATE_DIM, np.float32)
+        self._episode_started = False
+
+    # -- gymnasium API ---------------------------------------------------------------------------------
+    def reset(
+        self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"object_xy"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; supported: ['object_xy']")
+        object_xy = check_object_xy(options.get("object_xy"), self.task_spec)
+        self._inner._last_rand_vec = self._rand_vec(object_xy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # gymnasium's mujoco env warns about Meta-World's reset signature
+            state, _ = self._inner.reset()
+        self._t, self._any_success, self._episode_started = 0, False, True
+        self._state = state.astype(np.float32)
+        info = {
+            "instruction": self.task_spec.instruction,
+            "object_xy": None if self.task_spec.task != "pick-can" else self._inner.obj_init_pos[:2].copy(),
+            "success": False,
+        }
+        return self._obs(), info
+
+    def step(self, action: Any) -> Tuple[Dict[str, np.ndarray], float, bool, bool, Dict[str, Any]]:
+        if not self._episode_started:
+            raise RuntimeError("call reset() before step(), and again after the episode is truncated")
+        a = np.asarray(action, dtype=np.float32)
+        if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be a finite array of shape {self.action_space.shape}, got {action!r}")
+        for _ in range(self.action_repeat):
+            state, _, _, _, inner_info = self._inner.step(a)
+        success = bool(inner_info["success"])
+        self._state = state.astype(np.float32)
+        self._t += 1
+        self._any_success = self._any_success or success
+        truncated = self._t >= self.task_spec.horizon
+        info: Dict[str, Any] = {"success": success}
+        if truncated:
+            info["episode_success"] = self._any_success if self.success_mode == "any" else success
+            self._episode_started = False
+        return self._obs(), float(success), False, truncated, info
+
+    def render(self) -> Optional[np.ndarray]:
+        if self.render_mode != "rgb_array":
+            return None
+        return self._image()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._inner.close()
+        super().close()
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _rand_vec(self, object_xy: Optional[np.ndarray]) -> np.ndarray:
+        """The Meta-World random vector for this episode, drawn from self.np_random when not given."""
+        if self.task_spec.task == "pick-can":
+            if object_xy is None:
+                (x0, x1), (y0, y1) = self.task_spec.x_range, self.task_spec.y_range
+                object_xy = self.np_random.uniform([x0, y0], [x1, y1])
+            x, y = object_xy
+            return np.array([x, y, CAN_REST_Z, x, y, CAN_REST_Z + GOAL_LIFT])
+        space = self._inner._random_reset_space
+        return self.np_random.uniform(space.low, space.high)
+
+    def _image(self) -> np.ndarray:
+        if self._renderer is None:
+            self._renderer = _FrameRenderer(self._inner.model, self.image_size, self.camera)
+        return self._renderer.render(self._inner.data)
+
+    def _obs(self) -> Dict[str, np.ndarray]:
+        return {"image": self._image(), "state": self._state.copy()}

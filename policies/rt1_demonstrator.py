@@ -1,0 +1,258 @@
+"""RT-1 demonstrator: a released RT-1 checkpoint acting by SimplerEnv's conventions.
+
+The paper path collects new-task demonstrations in SimplerEnv with RT-1 (e.g. RT-1-X,
+``rt_1_x_tf_trained_for_002272480_step``). This adapter loads the TF SavedModel with tf_agents, embeds the
+instruction with the Universal Sentence Encoder (large/5), and converts RT-1's output the way SimplerEnv's
+``simpler_env/policies/rt1/rt1_model.py`` does for ``policy_setup="google_robot"``:
+
+- image: resized to 256 x 320 (RT-1's input; for SimplerEnv's native 512 x 640 frames this is exactly
+  SimplerEnv's ``resize_with_pad``, and for square frames it undoes the env's squash instead of padding);
+- ``world_vector`` (metres) * action_scale -> xyz delta;
+- ``rotation_delta`` is already axis-angle: axis * angle * action_scale (a rotation under 1e-6 rad keeps
+  its angle on the y axis, as SimplerEnv writes it);
+- ``gripper_closedness_action`` in [-1, 1], > 0 closes, with |g| < 0.01 zeroed (SimplerEnv's small-action
+  filter), passed through uninverted for the Google Robot;
+- ``terminate_episode`` is recorded in :attr:`RT1Demonstrator.terminate_predicted` but never ends an episode
+  (razor-robot episodes run a fixed horizon).
+
+Needs tensorflow, tensorflow_hub and tf_agents (the ``simpler`` extra) and a local checkpoint directory
+(``gsutil -m cp -r gs://gdm-robotics-open-x-embodiment/open_x_embodiment_and_rt_x_oss/<name> .``). The
+sentence encoder comes from TF Hub (cached under $TFHUB_CACHE_DIR) or from a local copy passed as
+``lang_embed_model_path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+RT1_IMAGE_HW: Tuple[int, int] = (256, 320)
+USE_LARGE_URL = "https://tfhub.dev/google/universal-sentence-encoder-large/5"
+POLICY_SETUPS: Tuple[str, ...] = ("google_robot",)
+# SimplerEnv's default instruction per razor-robot task; drawer tasks name the drawer, known only per episode.
+DEFAULT_INSTRUCTIONS: Dict[str, Optional[str]] = {
+    "pick-can": "pick coke can",
+    "open-drawer": None,
+    "close-drawer": None,
+}
+GRIPPER_DEADBAND = 1e-2
+ROTATION_EPS = 1e-6
+INSTALL_HINT = (
+    "install the RT-1 stack in the SimplerEnv Python env: "
+    "pip install 'tensorflow>=2.15,<2.16' 'tf-agents>=0.19,<0.20' tensorflow-hub"
+)
+
+
+class MissingDependencyError(ImportError):
+    """A package the RT-1 demonstrator needs is not installed; the message says how to install it."""
+
+    def __init__(self, package: str, hint: str) -> None:
+        super().__init__(f"{package} is not installed; {hint}")
+        self.package = package
+        self.hint = hint
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure conversion logic (numpy only)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def filter_small_gripper(gripper: np.ndarray) -> np.ndarray:
+    """Zero gripper commands with |g| < 0.01 (SimplerEnv's Google-Robot small-action filter)."""
+    g = np.asarray(gripper, dtype=np.float64)
+    return np.where(np.abs(g) < GRIPPER_DEADBAND, 0.0, g)
+
+
+def rotation_delta_to_axis_angle(rotation_delta: np.ndarray, action_scale: float = 1.0) -> np.ndarray:
+    """RT-1's (3,) axis-angle rotation delta -> env rotation, scaled by action_scale.
+
+    A near-zero rotation (norm <= 1e-6) is written as its norm about the y axis, exactly as SimplerEnv does.
+    """
+    r = np.asarray(rotation_delta, dtype=np.float64)
+    angle = float(np.linalg.norm(r))
+    axis = r / angle if angle > ROTATION_EPS else np.array([0.0, 1.0, 0.0])
+    return axis * angle * action_scale
+
+
+def rt1_env_action(raw_action: Mapping[str, Any], action_scale: float = 1.0) -> np.ndarray:
+    """RT-1 output (world_vector (3,), rotation_delta (3,), gripper_closedness_action (1,)) -> env (7,)."""
+    world = np.asarray(raw_action["world_vector"], dtype=np.float64).reshape(3) * action_scale
+    rotation = rotation_delta_to_axis_angle(np.reshape(raw_action["rotation_delta"], 3), action_scale)
+    gripper = filter_small_gripper(np.reshape(raw_action["gripper_closedness_action"], 1))
+    return np.concatenate([world, rotation, gripper])  # (3 + 3 + 1,)
+
+
+def rt1_terminate(raw_action: Mapping[str, Any]) -> bool:
+    """Whether RT-1 asks to end the episode (first entry of its terminate_episode one-hot > 0)."""
+    return bool(np.reshape(raw_action["terminate_episode"], -1)[0] > 0)
+
+
+def check_checkpoint_dir(checkpoint_dir: Any) -> Path:
+    """The RT-1 SavedModel directory as a Path, or a one-line FileNotFoundError."""
+    path = Path(checkpoint_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"RT-1 checkpoint directory {str(path)!r} does not exist")
+    if not (path / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not an RT-1 SavedModel directory (no saved_model.pb)")
+    return path
+
+
+def import_rt1_stack() -> Dict[str, Any]:
+    """tensorflow, tensorflow_hub and the tf_agents pieces, or MissingDependencyError with an install hint."""
+    names = {
+        "tf": "tensorflow",
+        "hub": "tensorflow_hub",
+        "tf_agents": "tf_agents",
+        "eager_policy": "tf_agents.policies.py_tf_eager_policy",
+        "time_step": "tf_agents.trajectories.time_step",
+    }
+    modules = {}
+    for key, name in names.items():
+        try:
+            modules[key] = importlib.import_module(name)
+        except ImportError as exc:
+            raise MissingDependencyError(name.split(".")[0], INSTALL_HINT) from exc
+    return modules
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorFlow runtime (shared between demonstrators: loading a checkpoint takes tens of seconds)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RT1Runtime:
+    """A loaded RT-1 SavedModel policy and sentence encoder; stateless, so demonstrators can share one."""
+
+    def __init__(self, checkpoint_dir: Path, lang_embed_model_path: str) -> None:
+        self.m = import_rt1_stack()
+        self.policy = self.m["eager_policy"].SavedModelPyTFEagerPolicy(
+            model_path=str(checkpoint_dir), load_specs_from_pbtxt=True, use_tf_function=True
+        )
+        self.encoder = self.m["hub"].load(lang_embed_model_path)
+
+    def embed(self, instruction: str) -> Any:
+        return self.encoder([instruction])[0]  # (512,)
+
+    def initial_state(self) -> Tuple[Dict[str, Any], Any]:
+        """(zero observation dict matching the policy's spec, initial recurrent policy state)."""
+        specs = self.m["tf_agents"].specs
+        observation = specs.zero_spec_nest(specs.from_spec(self.policy.time_step_spec.observation))
+        return observation, self.policy.get_initial_state(batch_size=1)
+
+    def step(self, observation: Dict[str, Any], image: np.ndarray, embedding: Any, state: Any):
+        """One forward pass -> (raw action dict of numpy arrays, next policy state)."""
+        tf = self.m["tf"]
+        resized = tf.cast(tf.image.resize(image, RT1_IMAGE_HW), tf.uint8)  # (256, 320, 3), bilinear
+        observation["image"] = resized
+        observation["natural_language_embedding"] = embedding
+        time_step = self.m["time_step"].transition(observation, reward=np.zeros((), dtype=np.float32))
+        policy_step = self.policy.action(time_step, state)
+        raw = {key: np.asarray(value) for key, value in policy_step.action.items()}
+        return raw, policy_step.state
+
+
+_RUNTIMES: Dict[Tuple[str, str], RT1Runtime] = {}
+
+
+def load_runtime(checkpoint_dir: Path, lang_embed_model_path: str) -> RT1Runtime:
+    """The process-wide RT1Runtime for a checkpoint, loaded on first use."""
+    key = (str(checkpoint_dir.resolve()), lang_embed_model_path)
+    if key not in _RUNTIMES:
+        _RUNTIMES[key] = RT1Runtime(checkpoint_dir, lang_embed_model_path)
+    return _RUNTIMES[key]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The demonstrator
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RT1DemonstratorConfig:
+    """Arguments of :class:`RT1Demonstrator`, checked before any file or package is touched."""
+
+    task: str
+    """razor-robot task: "pick-can", "open-drawer" or "close-drawer"."""
+    policy_setup: str = "google_robot"
+    """SimplerEnv policy setup; only the Google Robot is used by razor-robot."""
+    instruction: Optional[str] = None
+    """Instruction to start with; None = SimplerEnv's for pick-can, for drawers the one given to reset/act."""
+    action_scale: float = 1.0
+    """Multiplies the translation and rotation deltas (SimplerEnv's --action-scale)."""
+
+    def __post_init__(self) -> None:
+        if self.task not in DEFAULT_INSTRUCTIONS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(DEFAULT_INSTRUCTIONS)}")
+        if self.policy_setup not in POLICY_SETUPS:
+            raise ValueError(
+                f"unsupported policy_setup {self.policy_setup!r}; expected one of {POLICY_SETUPS}"
+            )
+        if not (
+            isinstance(self.action_scale, (int, float))
+            and np.isfinite(self.action_scale)
+            and self.action_scale > 0
+        ):
+            raise ValueError(f"action_scale must be a positive number, got {self.action_scale!r}")
+
+
+class RT1Demonstrator:
+    """RT-1 acting on razor-robot observations: ``act(obs) -> (7,)`` SimplerEnv Google-Robot action.
+
+    ``reset(instruction)`` starts an episode (fresh recurrent state); ``act(obs, instruction)`` also resets
+    when the instruction changes, so a batch wrapper can pass the env's per-episode instruction.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        checkpoint_dir: Any,
+        policy_setup: str = "google_robot",
+        *,
+        instruction: Optional[str] = None,
+        lang_embed_model_path: str = USE_LARGE_URL,
+        action_scale: float = 1.0,
+    ) -> None:
+        self.config = RT1DemonstratorConfig(task, policy_setup, instruction, action_scale)
+        checkpoint = check_checkpoint_dir(checkpoint_dir)
+        import_rt1_stack()
+        self.runtime = load_runtime(checkpoint, lang_embed_model_path)
+        self.instruction: Optional[str] = None
+        self.terminate_predicted = False
+        self.last_raw_action: Optional[Dict[str, np.ndarray]] = None
+        start = instruction if instruction is not None else DEFAULT_INSTRUCTIONS[task]
+        if start is not None:
+            self.reset(start)
+
+    def reset(self, instruction: Optional[str] = None) -> None:
+        """Start an episode with ``instruction`` (default: the current one, else the task's default)."""
+        instruction = instruction or self.instruction or DEFAULT_INSTRUCTIONS[self.config.task]
+        if instruction is None:
+            raise ValueError(
+                f"{self.config.task} needs an instruction naming the drawer, e.g. 'open top drawer'"
+            )
+        self.instruction = instruction
+        self._embedding = self.runtime.embed(instruction)
+        self._observation, self._state = self.runtime.initial_state()
+        self.terminate_predicted = False
+
+    def act(self, obs: Mapping[str, Any], instruction: Optional[str] = None) -> np.ndarray:
+        """uint8 obs["image"] (H, W, 3) -> float64 (7,) env action.
+
+        The instruction comes from the argument or, as the rollout passes it, from ``obs["instruction"]``.
+        """
+        instruction = instruction if instruction is not None else obs.get("instruction")
+        if instruction is not None and instruction != self.instruction:
+            self.reset(instruction)
+        if self.instruction is None:
+            raise ValueError(f"{self.config.task} needs reset(instruction) or act(obs, instruction) first")
+        image = np.asarray(obs["image"])
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"obs['image'] must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        raw, self._state = self.runtime.step(self._observation, image, self._embedding, self._state)
+        self.last_raw_action = raw
+        self.terminate_predicted = self.terminate_predicted or rt1_terminate(raw)
+        return rt1_env_action(raw, self.config.action_scale)

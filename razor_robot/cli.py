@@ -1,0 +1,291 @@
+"""``razor-robot``: pretrain, collect, train, eval, sweep, frontier, video.
+
+Every sub-command validates its input first and reports bad input as one line (exit code 2); set
+RAZOR_ROBOT_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+EXAMPLES = """examples:
+  razor-robot sweep configs/quickstart.yaml --out runs/quickstart
+  razor-robot frontier runs/quickstart/results.jsonl --out runs/quickstart
+  razor-robot video --task pick-can --policy scripted --episodes 4 --out pick-can.mp4
+"""
+
+
+def _parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), yaml.safe_load(value)))
+    return pairs
+
+
+def _load_config(path: str, overrides: Sequence[str] = ()):
+    from razor_robot.config import from_dict, set_dotted
+    from razor_robot.experiment import SweepConfig
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(os.path.expandvars(Path(path).read_text())) or {}
+    for key, value in _parse_set(overrides):
+        data = set_dotted(data, key, value)
+    return from_dict(SweepConfig, data, Path(path).stem)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from razor_robot.report import write_report
+    from razor_robot.sweep import run_sweep
+
+    overrides = list(args.set) + ([f"engine={args.engine}"] if args.engine else [])
+    config = _load_config(args.config, overrides)
+    out = Path(args.out or Path("runs") / config.name)
+    results = run_sweep(config, out, progress=not args.no_progress)
+    write_report(config, results, out, progress=not args.no_progress)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """One run = a sweep holding only this method, with an empty grid."""
+    from razor_robot.report import write_report
+    from razor_robot.sweep import run_sweep
+
+    other = "rl" if args.method == "sft" else "sft"
+    overrides = list(args.set) + [f"{other}.enabled=false", f"{args.method}.enabled=true", f"{args.method}.grid={{}}"]
+    config = _load_config(args.config, overrides)
+    out = Path(args.out or Path("runs") / f"{config.name}-{args.method}")
+    results = run_sweep(config, out, progress=not args.no_progress)
+    config.report.videos = False
+    write_report(config, results, out, progress=not args.no_progress)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from razor_robot.evaluation import EnvPool
+    from razor_robot.experiment import base_checkpoint, base_evaluation
+
+    config = _load_config(args.config, args.set)
+    out = Path(args.out or Path("runs") / config.name)
+    with EnvPool(config.backend, config.env, config.num_workers) as pool:
+        base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
+        scores, _ = base_evaluation(config, base_dir, out, pool, progress=not args.no_progress)
+    summary = {k: v for k, v in scores.items() if k != "per_position"}
+    print(json.dumps({"base_checkpoint": str(base_dir), **summary}, indent=2))
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from razor_robot.data import save_dataset
+    from razor_robot.evaluation import EnvPool
+    from razor_robot.experiment import collect_demos
+    from razor_robot.policies.action_tokenizer import compute_norm_stats
+
+    config = _load_config(args.config, args.set)
+    grid, _ = config.positions()
+    task = args.task or config.eval.new_task
+    positions = grid if task == config.eval.new_task else None
+    with EnvPool(config.backend, config.env, config.num_workers) as pool:
+        dataset, cached = collect_demos(config, task, positions, config.demos.episodes_per_point, config.demos.seed,
+                                        pool, progress=not args.no_progress)
+    dataset.meta["norm_stats"] = {config.unnorm_key: _jsonable(compute_norm_stats(dataset.actions))}
+    out = save_dataset(dataset, args.out)
+    shortfall = dataset.meta.get("shortfall_per_point", {})
+    print(f"{dataset.meta.get('n_episodes', '?')} episodes, {len(dataset)} steps -> {out} "
+          f"(cache {cached}); grid points short of K: {len(shortfall)} {shortfall or ''}".rstrip())
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from razor_robot.evaluation import EnvPool, evaluate_policy
+    from razor_robot.experiment import adapter_factory_for, base_checkpoint, base_evaluation, load_for_training
+    from razor_robot.metrics import action_token_distances
+
+    config = _load_config(args.config, args.set)
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    _, positions = config.positions()
+    spec = dataclasses.replace(config.policy, lora=None)
+    policy = load_for_training(args.checkpoint, spec)
+    with EnvPool(config.backend, config.env, config.num_workers) as pool:
+        scores, _ = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
+                                    adapter_factory=adapter_factory_for(config.backend),
+                                    progress=not args.no_progress)
+        if not args.no_kl:
+            out_dir = Path(args.out).parent if args.out else Path("runs") / config.name
+            base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
+            _, obs_path = base_evaluation(config, base_dir, out_dir, pool, progress=not args.no_progress)
+            observations = np.load(obs_path)
+            base = load_for_training(str(base_dir), spec)
+            scores.update(action_token_distances(
+                base, policy, observations["images"], [str(s) for s in observations["instructions"]],
+                n_prefix_samples=config.kl.prefix_samples, batch_size=config.kl.batch_size,
+                generator=torch.Generator().manual_seed(0)))
+    text = json.dumps(scores, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(json.dumps({k: v for k, v in scores.items() if k != "per_position"}, indent=2))
+
+
+def cmd_frontier(args: argparse.Namespace) -> None:
+    from razor_robot.frontier import frontier_report
+
+    if not Path(args.results).exists():
+        raise FileNotFoundError(f"results file not found: {args.results}")
+    out = Path(args.out or Path(args.results).parent)
+    out.mkdir(parents=True, exist_ok=True)
+    print(frontier_report(args.results, out, scale=args.scale, tolerance=args.tolerance))
+
+
+def cmd_video(args: argparse.Namespace) -> None:
+    from razor_robot.envs import eval_positions, make_env, position_ranges, task_spec
+    from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, default_env_factory, rollout
+    from razor_robot.video import write_rollout_video
+
+    task_spec(args.task, args.backend)  # one-line error on an unknown task/backend
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.policy == "scripted":
+        import functools
+
+        from razor_robot.policies import make_demonstrator
+
+        make_demonstrator(args.task, args.backend)
+        policy: Any = DemonstratorPolicy(functools.partial(make_demonstrator, args.task, args.backend))
+    else:
+        if not Path(args.policy).exists():
+            raise FileNotFoundError(f"--policy: checkpoint not found: {args.policy} (or use 'scripted')")
+        from razor_robot.acting import VLAActor
+        from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec, adapter_factory_for, load_for_training
+
+        unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
+        policy = VLAActor(load_for_training(args.policy, PolicySpec()), unnorm_key=unnorm_key,
+                          temperature=args.temperature, seed=args.seed,
+                          adapter_factory=adapter_factory_for(args.backend))
+    with_positions = args.task == "pick-can"
+    if with_positions:
+        x_range, y_range = position_ranges(args.backend)
+        xy = eval_positions(args.episodes, seed=args.seed, x_range=x_range, y_range=y_range, backend=args.backend)
+    requests = [EpisodeRequest(args.task, args.seed + i, tuple(map(float, xy[i])) if with_positions else None)
+                for i in range(args.episodes)]
+    make_env(args.task, args.backend, image_size=args.image_size).close()  # fail fast on a missing backend
+    factory = default_env_factory(args.task, args.backend, image_size=args.image_size)
+    trajectories = rollout(requests, policy, env_factory=factory, num_workers=args.workers,
+                           progress=not args.no_progress)
+    path = write_rollout_video(trajectories, args.out, fps=args.fps, tile_size=args.tile)
+    successes = sum(t.success for t in trajectories)
+    print(f"{path}: {len(trajectories)} episodes of {args.task}, {successes} successful")
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="razor-robot", description="Measure what fine-tuning costs a robot policy (RL's Razor): SFT vs RL "
+        "sweeps, forgetting on prior tasks, action-token KL.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, func, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if config:
+            p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config value by dotted key, e.g. --set sft.config.epochs=2")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        return p
+
+    p = add("sweep", "Run (or resume) a whole sweep: base, SFT and RL runs, evaluation, KL, plots, videos, "
+            "summary.", cmd_sweep)
+    p.add_argument("--out", help="output directory (default runs/<config name>)")
+    p.add_argument("--engine", choices=["local", "ray"], help="override the config's engine")
+
+    p = add("train", "Fine-tune the base with one method (the config's settings and --set overrides), "
+            "evaluating each checkpoint.", cmd_train, config=False)
+    p.add_argument("method", choices=["sft", "rl"], help="sft (demonstrations) or rl (REINFORCE)")
+    p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted key, e.g. --set sft.config.optim.learning_rate=1e-4")
+    p.add_argument("--out", help="output directory (default runs/<config name>-<method>)")
+
+    p = add("pretrain", "Build (or reuse from cache) the base policy and report its new- and prior-task "
+            "success.", cmd_pretrain)
+    p.add_argument("--out", help="where the base evaluation is cached (default runs/<config name>)")
+
+    p = add("collect", "Collect K successful demonstrations per training-grid point into a Parquet dataset.",
+            cmd_collect)
+    p.add_argument("--task", help="task to demonstrate (default: the new task)")
+    p.add_argument("--out", required=True, help="dataset directory (steps.parquet + meta.json)")
+
+    p = add("eval", "Evaluate a checkpoint: new-task success on the eval positions, prior-task success, "
+            "per-position map and action-token distances to the base.", cmd_eval)
+    p.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
+    p.add_argument("--out", help="write the full JSON (with the per-position map) here")
+    p.add_argument("--no-kl", action="store_true", help="skip the distances to the base")
+
+    p = add("frontier", "Pareto frontier, exponential fits and forgetting-vs-KL fit from results.jsonl.",
+            cmd_frontier, config=False)
+    p.add_argument("results", help="results.jsonl (records with method, new_task, prior_task, kl, ...)")
+    p.add_argument("--out", help="directory for frontier.png and kl_forgetting.png (default: beside results)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply scores (100 if they are fractions)")
+    p.add_argument("--tolerance", type=float, default=2.0, help="points from the frontier to keep (default 2)")
+
+    p = add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.", cmd_video, config=False)
+    p.add_argument("--task", required=True, help="pick-can, open-drawer or close-drawer")
+    p.add_argument("--policy", default="scripted", help="'scripted' (expert) or a checkpoint directory")
+    p.add_argument("--backend", default="metaworld", help="metaworld (default) or simpler")
+    p.add_argument("--episodes", type=int, default=4, help="episodes in the mosaic")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--image-size", type=int, default=128, help="env camera size in pixels")
+    p.add_argument("--tile", type=int, default=256, help="tile size of each episode in the video")
+    p.add_argument("--fps", type=int, default=10, help="frames per second")
+    p.add_argument("--seed", type=int, default=0, help="episode seed (and eval-position seed)")
+    p.add_argument("--workers", type=int, default=2, help="parallel env workers")
+    p.add_argument("--temperature", type=float, default=0.0, help="decoding temperature for checkpoints")
+    p.add_argument("--unnorm-key", help="action statistics key of a checkpoint")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, ImportError, KeyError) as error:
+        if os.environ.get("RAZOR_ROBOT_DEBUG"):
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"razor-robot {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""On-policy RL fine-tuning of a VLA: REINFORCE with a reward-normalisation baseline (the paper's RL).
+
+Each iteration:
+  1. roll out G episodes per training grid point with the current policy (action tokens sampled at T=1);
+  2. reward R = 1 if the episode succeeded else 0 (binary success);
+  3. advantage of every episode in grid point g's group: A = (R - mean_g R) / (std_g R + eps); a group whose
+     rewards are all equal carries no signal and gets A = 0;
+  4. loss = -mean over steps of A * log π(a_t | o_t), where log π(a_t | o_t) is the sum of the D action-token
+     log-probabilities and A is the advantage of the step's episode. No KL term.
+
+Loss normalisation: the iteration's steps (zero-advantage steps included) are shuffled into minibatches of
+``optim.batch_size`` steps, one optimiser step each; a minibatch's loss is the sum of A * log π over its steps
+divided by the number of steps in the minibatch. Zero-advantage steps contribute exactly zero to that sum, so
+they are counted in the denominator but never run through the model.
+
+Variants (``RLConfig.variant``):
+  - ``"reinforce"``: the paper's algorithm above.
+  - ``"reinforce-01"``: A = R (1-0 REINFORCE: supervised learning on the policy's own successes).
+  - ``"kl-reinforce"``: adds ``kl_coef`` * KL(π(·|o) ‖ π0(·|o)), exact over the 256 bins at every token given the
+    sampled prefix, against the base policy.
+  - ``"grpo"``: PPO-style clipped token-level ratio against the rollout policy, ``epochs_per_batch`` passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from razor_robot.acting import VLAActor
+from razor_robot.rollout import EpisodeRequest, Trajectory, rollout
+from razor_robot.training import OptimConfig, finite_or_raise, make_optimizer
+
+VARIANTS = ("reinforce", "reinforce-01", "kl-reinforce", "grpo")
+
+
+@dataclass
+class RLConfig:
+    """On-policy RL settings (paper defaults where the paper gives them)."""
+
+    optim: OptimConfig
+    """Optimiser: learning rate, steps per minibatch, warmup, clipping, weight decay (same recipe as SFT)."""
+    iterations: int = 10
+    """Rollout-then-update iterations."""
+    rollouts_per_point: int = 5
+    """G: on-policy episodes per training grid point per iteration."""
+    variant: str = "reinforce"
+    """One of reinforce, reinforce-01, kl-reinforce, grpo."""
+    kl_coef: float = 0.0
+    """Weight of the KL(π‖π0) penalty (kl-reinforce only)."""
+    clip_eps: float = 0.2
+    """Ratio clip range (grpo only)."""
+    epochs_per_batch: int = 1
+    """Passes over each iteration's rollouts (grpo may use several; REINFORCE is on-policy with 1)."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts."""
+    advantage_eps: float = 1e-6
+    """Added to the group's reward std."""
+    checkpoints: int = 3
+    """Evenly spaced checkpoints over the iterations (the last is the final model)."""
+    seed: int = 0
+    """Seeds rollout episodes, token sampling and minibatch order."""
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown RL variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.iterations < 1 or self.rollouts_per_point < 1 or self.epochs_per_batch < 1 or self.checkpoints < 1:
+            raise ValueError("iterations, rollouts_per_point, epochs_per_batch and checkpoints must be >= 1")
+        if self.kl_coef < 0 or not 0 < self.clip_eps < 1 or not self.temperature > 0:
+            raise ValueError("need kl_coef >= 0, 0 < clip_eps < 1 and temperature > 0")
+        if self.variant == "kl-reinforce" and self.kl_coef == 0:
+            raise ValueError("variant kl-reinforce needs kl_coef > 0")
+
+
+def group_advantages(rewards: np.ndarray, groups: np.ndarray, variant: str = "reinforce",
+                     eps: float = 1e-6) -> np.ndarray:
+    """Per-episode advantages (N,) from rewards (N,) and group ids (N,) (one group per grid point)."""
+    rewards = np.asarray(rewards, np.float64)
+    if variant == "reinforce-01":
+        return rewards.copy()
+    advantages = np.zeros_like(rewards)
+    for g in np.unique(groups):
+        members = groups == g
+        r = rewards[members]
+        if np.all(r == r[0]):
+            continue  # no contrast inside the group: zero advantage
+        advantages[members] = (r - r.mean()) / (r.std() + eps)
+    return advantages
+
+
+@dataclass
+class StepBatch:
+    """Flattened on-policy steps of one iteration."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    instructions: list[str]
+    tokens: torch.Tensor  # (N, D) vocabulary ids sampled by the rollout policy
+    advantages: torch.Tensor  # (N,)
+    old_token_logp: torch.Tensor | None = None  # (N, D), grpo only
+
+
+def steps_from_trajectories(trajectories: list[Trajectory], advantages: np.ndarray) -> StepBatch:
+    lengths = [t.length for t in trajectories]
+    return StepBatch(
+        images=np.concatenate([t.images for t in trajectories]),
+        instructions=[t.instruction for t, n in zip(trajectories, lengths) for _ in range(n)],
+        tokens=torch.from_numpy(np.concatenate([t.extras["tokens"] for t in trajectories])).long(),
+        advantages=torch.from_numpy(np.repeat(advantages, lengths)).float(),
+    )
+
+
+def token_log_probs(policy: Any, images, instructions: list[str], tokens: torch.Tensor) -> torch.Tensor:
+    """(B, D) log-probabilities of the given action tokens under the 256-way action-token softmax."""
+    logits = policy.action_logits(images, instructions, tokens).float()  # (B, D, K)
+    return F.log_softmax(logits, -1).gather(-1, (tokens - policy.action_token_offset).unsqueeze(-1)).squeeze(-1)
+
+
+def minibatch_loss(policy: Any, batch: StepBatch, idx: np.ndarray, config: RLConfig,
+                   base_logits_fn: Callable | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of the minibatch ``idx`` (sum over its steps / its size); only non-zero-advantage steps run,
+    unless a KL term needs every step."""
+    needs_all = config.variant == "kl-reinforce"
+    run = idx if needs_all else idx[batch.advantages[idx].numpy() != 0]
+    if len(run) == 0:
+        return torch.zeros((), requires_grad=False), {"pg_loss": 0.0}
+    images = batch.images[run]
+    instructions = [batch.instructions[i] for i in run]
+    tokens, advantages = batch.tokens[run], batch.advantages[run]
+    if config.variant == "kl-reinforce":
+        logits = policy.action_logits(images, instructions, tokens).float()  # (B, D, K)
+        logp_all = F.log_softmax(logits, -1)
+        logp = logp_all.gather(-1, (tokens - policy.action_token_offset).unsqueeze(-1)).squeeze(-1)  # (B, D)
+        with torch.no_grad():
+            base_logp = F.log_softmax(base_logits_fn(images, instructions, tokens).float(), -1)
+        kl = (logp_all.exp() * (logp_all - base_logp)).sum(-1).sum(-1)  # (B,) KL(π‖π0) summed over tokens
+        pg = -(advantages * logp.sum(-1)).sum()
+        loss = (pg + config.kl_coef * kl.sum()) / len(idx)
+        return loss, {"pg_loss": pg.item() / len(idx), "kl": kl.mean().item()}
+    logp = token_log_probs(policy, images, instructions, tokens)  # (B, D)
+    if config.variant == "grpo":
+        ratio = torch.exp(logp - batch.old_token_logp[run])  # (B, D) token-level ratios
+        adv = advantages.unsqueeze(-1)
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip_eps, 1 + config.clip_eps) * adv)
+        loss = -surrogate.mean(-1).sum() / len(idx)
+        return loss, {"pg_loss": loss.item(), "clip_frac": ((ratio - 1).abs() > config.clip_eps).float().mean().item()}
+    loss = -(advantages * logp.sum(-1)).sum() / len(idx)
+    return loss, {"pg_loss": loss.item()}
+
+
+def train_reinforce(
+    policy: Any,
+    positions: np.ndarray,
+    config: RLConfig,
+    *,
+    task: str,
+    unnorm_key: str,
+    backend: str = "metaworld",
+    env_options: dict[str, Any] | None = None,
+    num_workers: int = 1,
+    vector_env=None,
+    adapter_factory: Callable[[], Any] | None = None,
+    base_policy: Any | None = None,
+    on_checkpoint: Callable[[int, float], None] | None = None,
+    log: Callable[[dict[str, float], int], None] | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Fine-tune ``policy`` in place on ``task`` from the training grid ``positions`` (P, 2)."""
+    if len(positions) == 0:
+        raise ValueError("no training positions")
+    generator = np.random.default_rng(config.seed)
+    torch_generator = torch.Generator().manual_seed(config.seed)
+    actor = VLAActor(policy, unnorm_key=unnorm_key, temperature=config.temperature, seed=config.seed,
+                     adapter_factory=adapter_factory)
+    base_logits_fn = None
+    if config.variant == "kl-reinforce":
+        base = base_policy if base_policy is not None else copy.deepcopy(policy).eval()
+        base_logits_fn = base.action_logits
+    optimizer, scheduler = make_optimizer(policy, config.optim)
+    checkpoint_iterations = {max(1, round(config.iterations * (i + 1) / config.checkpoints))
+                             for i in range(config.checkpoints)}
+    start, opt_step, history = time.perf_counter(), 0, []
+    bar = tqdm(range(1, config.iterations + 1), desc="rl", disable=not progress, leave=False)
+    for iteration in bar:
+        requests, groups = [], []
+        for g, xy in enumerate(positions):
+            for _ in range(config.rollouts_per_point):
+                requests.append(EpisodeRequest(task, int(generator.integers(2**31 - 1)), (float(xy[0]), float(xy[1]))))
+                groups.append(g)
+        trajectories = rollout(requests, actor, backend=backend, env_options=env_options, num_workers=num_workers,
+                               vector_env=vector_env, progress=f"rl rollouts {iteration}" if progress else False)
+        rewards = np.array([float(t.success) for t in trajectories])
+        advantages = group_advantages(rewards, np.asarray(groups), config.variant, config.advantage_eps)
+        batch = steps_from_trajectories(trajectories, advantages)
+        if config.variant == "grpo":
+            batch.old_token_logp = _old_log_probs(policy, batch, config.optim.micro_batch)
+        stats = {"rl/success": float(rewards.mean()), "rl/active_fraction": float(np.mean(advantages != 0))}
+        policy.train()
+        for _ in range(config.epochs_per_batch):
+            order = torch.randperm(len(batch.tokens), generator=torch_generator).numpy()
+            for mb_start in range(0, len(order), config.optim.batch_size):
+                minibatch = order[mb_start:mb_start + config.optim.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss_value, parts = 0.0, {}
+                for micro in np.array_split(minibatch, math.ceil(len(minibatch) / config.optim.micro_batch)):
+                    loss, parts = minibatch_loss(policy, batch, micro, config, base_logits_fn)
+                    loss = loss * len(micro) / len(minibatch)
+                    if loss.requires_grad:
+                        loss.backward()
+                    loss_value += loss.item()
+                finite_or_raise(loss_value, opt_step)
+                torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
+                                               config.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                opt_step += 1
+                stats.update({f"rl/{k}": v for k, v in parts.items()}, **{"train/loss": loss_value})
+        policy.eval()
+        history.append(stats["rl/success"])
+        bar.set_postfix(success=f"{stats['rl/success']:.2f}")
+        if log is not None:
+            log(stats, iteration)
+        if iteration in checkpoint_iterations and on_checkpoint is not None:
+            on_checkpoint(iteration, iteration / config.iterations)
+    bar.close()
+    return {"rl/final_rollout_success": history[-1], "rl/first_rollout_success": history[0],
+            "train/optimizer_steps": opt_step, "train/seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def _old_log_probs(policy: Any, batch: StepBatch, micro: int) -> torch.Tensor:
+    policy.eval()
+    parts = [token_log_probs(policy, batch.images[i:i + micro], batch.instructions[i:i + micro],
+                             batch.tokens[i:i + micro]) for i in range(0, len(batch.tokens), micro)]
+    return torch.cat(parts)  # (N, D)

@@ -1,0 +1,126 @@
+"""Supervised fine-tuning (behaviour cloning) of a VLA on demonstration action tokens.
+
+The paper's recipe: cross-entropy on the D action tokens, AdamW, constant learning rate after 10 linear warmup
+steps, max grad norm 1, weight decay 0, one epoch, bf16 on GPU. ``batch_size`` is the optimiser batch; when it
+does not fit, ``micro_batch_size`` splits it and gradients accumulate. Optional soft bin targets (a Gaussian over
+neighbouring bins) and pixel-shift augmentation serve base-policy pretraining on CPU; both are off by default.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from razor_robot.data import DemoDataset
+from razor_robot.training import (
+    OptimConfig, action_bins, finite_or_raise, make_optimizer, shift_augment, soft_bin_targets,
+)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning settings (paper defaults)."""
+
+    optim: OptimConfig
+    """Optimiser: learning rate, batch size, warmup, clipping, weight decay."""
+    epochs: float = 1.0
+    """Passes over the dataset (fractions allowed); the paper trains 1 epoch."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps even if the epochs are not done."""
+    checkpoints: int = 3
+    """Evenly spaced checkpoints over training (the last one is the final model); each is a frontier point."""
+    label_sigma_bins: float = 0.0
+    """Std of Gaussian soft targets over action bins; 0 is the paper's one-hot cross-entropy."""
+    shift_augment_px: int = 0
+    """Random image shift of up to this many pixels (0 = off)."""
+    seed: int = 0
+    """Seeds data order and augmentation."""
+
+    def __post_init__(self):
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.checkpoints < 1:
+            raise ValueError(f"checkpoints must be >= 1, got {self.checkpoints}")
+        if self.label_sigma_bins < 0 or self.shift_augment_px < 0:
+            raise ValueError("label_sigma_bins and shift_augment_px must be >= 0")
+
+
+def sft_loss(policy: Any, images: torch.Tensor, instructions: list[str], targets: torch.Tensor,
+             label_sigma_bins: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy per action token. ``targets`` (B, D) are bin indices into the 256 action logits."""
+    tokens = targets + policy.action_token_offset  # (B, D) vocabulary ids, teacher-forced
+    logits = policy.action_logits(images, instructions, tokens).float()  # (B, D, K)
+    if label_sigma_bins > 0:
+        soft = soft_bin_targets(targets, logits.shape[-1], label_sigma_bins)  # (B, D, K)
+        return -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def train_sft(
+    policy: Any,
+    dataset: DemoDataset,
+    config: SFTConfig,
+    *,
+    unnorm_key: str,
+    on_checkpoint: Callable[[int, float], None] | None = None,
+    log: Callable[[dict[str, float], int], None] | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train ``policy`` in place; ``on_checkpoint(step, fraction_of_training)`` runs at each checkpoint."""
+    if len(dataset) == 0:
+        raise ValueError("empty dataset: nothing to fine-tune on")
+    optim_cfg = config.optim
+    generator = torch.Generator().manual_seed(config.seed)
+    targets_all = torch.from_numpy(action_bins(policy, dataset.actions, unnorm_key))  # (N, D)
+    steps_per_epoch = max(1, len(dataset) // optim_cfg.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    checkpoint_steps = sorted({max(1, round(total_steps * (i + 1) / config.checkpoints))
+                               for i in range(config.checkpoints)})
+    optimizer, scheduler = make_optimizer(policy, optim_cfg)
+    policy.train()
+    order = torch.randperm(len(dataset), generator=generator)
+    cursor, start, last_loss = 0, time.perf_counter(), float("nan")
+    bar = tqdm(range(1, total_steps + 1), desc="sft", disable=not progress, leave=False)
+    for step in bar:
+        if cursor + optim_cfg.batch_size > len(order):
+            order, cursor = torch.randperm(len(dataset), generator=generator), 0
+        batch = order[cursor:cursor + optim_cfg.batch_size].numpy()
+        cursor += optim_cfg.batch_size
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in np.array_split(batch, math.ceil(len(batch) / optim_cfg.micro_batch)):
+            images = torch.from_numpy(dataset.images[micro])
+            if config.shift_augment_px:
+                images = shift_augment(images, config.shift_augment_px, generator)
+            loss = sft_loss(policy, images, [dataset.instructions[i] for i in micro], targets_all[micro],
+                            config.label_sigma_bins)
+            (loss * len(micro) / len(batch)).backward()
+            loss_sum += loss.item() * len(micro) / len(batch)
+        last_loss = finite_or_raise(loss_sum, step)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in policy.parameters() if p.requires_grad], optim_cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{last_loss:.3f}")
+        if log is not None:
+            log({"train/loss": last_loss, "train/grad_norm": float(grad_norm),
+                 "train/lr": scheduler.get_last_lr()[0],
+                 "charts/samples_per_s": step * optim_cfg.batch_size / (time.perf_counter() - start)}, step)
+        if step in checkpoint_steps and on_checkpoint is not None:
+            policy.eval()
+            on_checkpoint(step, step / total_steps)
+            policy.train()
+    bar.close()
+    policy.eval()
+    elapsed = time.perf_counter() - start
+    return {"train/loss": last_loss, "train/steps": total_steps, "train/seconds": elapsed,
+            "train/samples_per_s": total_steps * optim_cfg.batch_size / max(elapsed, 1e-9)}

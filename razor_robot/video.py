@@ -1,0 +1,101 @@
+"""Rollout videos: episodes tiled into a mosaic, each tile annotated with task, step and success."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import imageio.v2 as imageio
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from razor_robot.rollout import Trajectory
+
+SUCCESS_COLOUR = (40, 200, 60)
+FAILURE_COLOUR = (220, 40, 40)
+TEXT_COLOUR = (255, 255, 255)
+
+
+def annotate(frame: np.ndarray, lines: Sequence[str], tile_size: int, border: tuple[int, int, int] | None) -> np.ndarray:
+    """Upscale ``frame`` (H, W, 3) to (tile_size, tile_size, 3) and draw ``lines`` over a dark band at the top."""
+    image = Image.fromarray(frame).resize((tile_size, tile_size), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    line_height = 11
+    draw.rectangle([0, 0, tile_size, line_height * len(lines) + 2], fill=(0, 0, 0))
+    for i, line in enumerate(lines):
+        draw.text((3, 1 + i * line_height), line, fill=TEXT_COLOUR, font=font)
+    if border is not None:
+        draw.rectangle([0, 0, tile_size - 1, tile_size - 1], outline=border, width=3)
+    return np.asarray(image)
+
+
+def mosaic(tiles: Sequence[np.ndarray], columns: int) -> np.ndarray:
+    """Tile equally sized (S, S, 3) images row-major into a grid; empty cells are black."""
+    rows = math.ceil(len(tiles) / columns)
+    size = tiles[0].shape[0]
+    canvas = np.zeros((rows * size, columns * size, 3), np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = tile
+    return canvas
+
+
+def episode_frames(trajectory: Trajectory, length: int, tile_size: int, label: str | None = None) -> list[np.ndarray]:
+    """Annotated tiles for steps 0..length-1; an episode shorter than ``length`` holds its last frame."""
+    if trajectory.images.ndim != 4 or len(trajectory.images) == 0:
+        raise ValueError("trajectory has no images; roll out with keep_images=True")
+    horizon = len(trajectory.images)
+    tiles = []
+    for t in range(length):
+        step = min(t, horizon - 1)
+        succeeded = bool(trajectory.step_success[step - 1]) if step > 0 else False
+        finished = t >= horizon - 1
+        border = (SUCCESS_COLOUR if trajectory.success else FAILURE_COLOUR) if finished else None
+        status = ("SUCCESS" if trajectory.success else "FAIL") if finished else ("success" if succeeded else "")
+        lines = [label or trajectory.task, f"step {step + 1}/{horizon} {status}".rstrip()]
+        tiles.append(annotate(trajectory.images[step], lines, tile_size, border))
+    return tiles
+
+
+def render_video_frames(trajectories: Sequence[Trajectory], tile_size: int = 256, columns: int | None = None,
+                        labels: Sequence[str] | None = None, hold_last: int = 5) -> list[np.ndarray]:
+    """Mosaic frames (one per step) of all ``trajectories``; the final frame is held ``hold_last`` extra times."""
+    if not trajectories:
+        raise ValueError("no trajectories to render")
+    columns = columns or math.ceil(math.sqrt(len(trajectories)))
+    length = max(len(t.images) for t in trajectories)
+    per_episode = [episode_frames(t, length, tile_size, labels[i] if labels else None)
+                   for i, t in enumerate(trajectories)]
+    frames = [mosaic([tiles[t] for tiles in per_episode], columns) for t in range(length)]
+    return frames + [frames[-1]] * hold_last
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: int = 10) -> Path:
+    """Write an H.264 MP4 atomically (a temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        # macro_block_size=16: tiles are multiples of 16 px, so ffmpeg never rescales.
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=16,
+                                ffmpeg_log_level="error") as writer:
+            for frame in frames:
+                writer.append_data(frame)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_rollout_video(trajectories: Sequence[Trajectory], path: str | os.PathLike, fps: int = 10,
+                        tile_size: int = 256, labels: Sequence[str] | None = None) -> Path:
+    """One MP4 showing every trajectory side by side, annotated with task, step and success."""
+    if tile_size % 16:
+        raise ValueError(f"tile_size must be a multiple of 16, got {tile_size}")
+    return write_video(render_video_frames(trajectories, tile_size, labels=labels), path, fps=fps)

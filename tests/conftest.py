@@ -1,0 +1,21 @@
+"""Test-suite plumbing.
+
+In the light environment (gymnasium 0.29 + numpy 1.x, no torch/simulators) only modules marked ``core`` are
+collected: a module is core when it says ``pytest.mark.core`` and imports nothing heavy.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    if HAS_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return "pytest.mark.core" not in collection_path.read_text()
