@@ -8,7 +8,10 @@
   can exactly there; the expert's waypoint (Meta-World's "goal") sits straight above the can.
 
 Each policy step repeats the action for `action_repeat` Meta-World control steps (each 5 physics steps of
-2.5 ms), so episodes are short (core.HORIZONS) while the scripted experts still finish.
+2.5 ms), so episodes are short (core.HORIZONS) while the scripted experts still finish. Measured with
+scripts/bench_envs.py --experts 100 (action_repeat 4, horizon 30): pick-can 100/100 final-step successes on
+eval_positions(100, seed=0), first success at step median 13 / max 22; open-drawer 100/100 seeds (22 / 23);
+close-drawer 100/100 (20 / 20).
 
 Rendering: one mujoco.Renderer per env, a fixed free camera (images come out upright), shadows and
 reflections off, sites hidden. The Sawyer's visual meshes (~67k triangles, which cost ~19 ms a frame in
@@ -173,7 +176,8 @@ def _make_inner(task: str) -> Any:
     """A Meta-World env with the goal visible in the state (its experts read it) and a frozen rand vec."""
     inner = _INNER_ENVS[task]()
     inner._partially_observable = False
-    inner.__dict__.pop("sawyer_observation_space", None)  # cached_property: recompute for the new observability
+    # sawyer_observation_space is a cached_property: drop it so it is rebuilt for the visible goal.
+    inner.__dict__.pop("sawyer_observation_space", None)
     inner._set_task_called = True
     inner._freeze_rand_vec = True
     return inner
@@ -372,7 +376,8 @@ class MetaWorldTaskEnv(gym.Env):
             raise RuntimeError("call reset() before step(), and again after the episode is truncated")
         a = np.asarray(action, dtype=np.float32)
         if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
-            raise ValueError(f"action must be a finite array of shape {self.action_space.shape}, got {action!r}")
+            shape = self.action_space.shape
+            raise ValueError(f"action must be a finite array of shape {shape}, got {action!r}")
         for _ in range(self.action_repeat):
             state, _, _, _, inner_info = self._inner.step(a)
         success = bool(inner_info["success"])

@@ -233,11 +233,18 @@ def tiny_config(**overrides: Any) -> VLAConfig:
     """~1 M-parameter debug/CPU config: 64 px ViT (patch 16, 128-d), 4-layer 128-d Llama, 64 + 256 ids.
 
     `fused=True` adds a second ViT tower with SigLIP-style normalisation (OpenVLA's fused layout);
-    `image_size` (default 64, a multiple of 16) sets the towers' input resolution.
+    `image_size` (default 64, a multiple of `patch_size`) sets the towers' input resolution; `patch_size`
+    (default 16) trades compute for spatial resolution (64 px / 8 px patches = 64 image tokens);
+    `vit_depth` (default 2) is the number of ViT blocks, of which all but the last feed the features.
     """
     fused = bool(overrides.pop("fused", False))
     size = int(overrides.pop("image_size", 64))
-    vit = dict(embed_dim=128, depth=2, num_heads=4, mlp_ratio=2.0, patch_size=16)
+    patch = int(overrides.pop("patch_size", 16))
+    depth = int(overrides.pop("vit_depth", 2))
+    if patch < 1 or size % patch or depth < 2:
+        raise ValueError(f"tiny needs image_size divisible by patch_size and vit_depth >= 2, got "
+                         f"image_size={size}, patch_size={patch}, vit_depth={depth}")
+    vit = dict(embed_dim=128, depth=depth, num_heads=4, mlp_ratio=2.0, patch_size=patch)
     towers = [VisionTowerConfig("vit_small_patch16_224", size, IMAGENET_MEAN, IMAGENET_STD, dict(vit))]
     if fused:
         towers.append(

@@ -41,7 +41,8 @@ def _load_metaworld_policies() -> Dict[str, Any]:
         from metaworld.policies.sawyer_pick_place_v3_policy import SawyerPickPlaceV3Policy
     except ImportError as exc:
         raise ImportError(
-            "metaworld is not installed; install the Meta-World backend with: pip install 'razor-robot[metaworld]'"
+            "metaworld is not installed; install the Meta-World backend with: "
+            "pip install 'razor-robot[metaworld]'"
         ) from exc
 
     class PickCanV3Policy(SawyerPickPlaceV3Policy):

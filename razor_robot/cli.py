@@ -36,9 +36,14 @@ def _load_config(path: str, overrides: Sequence[str] = ()):
     from razor_robot.config import from_dict, set_dotted
     from razor_robot.experiment import SweepConfig
 
+    from razor_robot.config import ConfigError
+
     if not Path(path).exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(os.path.expandvars(Path(path).read_text())) or {}
+    try:
+        data = yaml.safe_load(os.path.expandvars(Path(path).read_text())) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     for key, value in _parse_set(overrides):
         data = set_dotted(data, key, value)
     return from_dict(SweepConfig, data, Path(path).stem)

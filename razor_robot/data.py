@@ -187,7 +187,7 @@ def load_dataset(directory: str | os.PathLike) -> DemoDataset:
     if table.num_rows == 0:
         raise ValueError(f"empty dataset at {directory}")
     h, w, c = meta["image_shape"]
-    images = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(-1, h, w, c)
+    images = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(-1, h, w, c).copy()
     return DemoDataset(
         images=images,
         states=np.asarray(table.column("state").to_pylist(), np.float32),

@@ -393,9 +393,12 @@ def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True
                                    progress=progress)
         parts.append(dataset)
     if pretrain.new_task_episodes:
-        rng = np.random.default_rng(pretrain.seed)
-        grid, _ = config.positions()
-        points = grid[rng.choice(len(grid), size=min(pretrain.new_task_episodes, len(grid)), replace=False)]
+        from razor_robot.envs import eval_positions, position_ranges
+
+        # Uniform random can positions, one demonstration each (neither the training grid nor the eval set).
+        x_range, y_range = position_ranges(config.backend, config.position_range)
+        points = eval_positions(pretrain.new_task_episodes, seed=pretrain.seed, x_range=x_range, y_range=y_range,
+                                backend=config.backend)
         dataset, _ = collect_demos(config, config.eval.new_task, points, 1, pretrain.seed + 900_000, pool,
                                    progress=progress)
         parts.append(dataset)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -203,6 +202,8 @@ def train_reinforce(
             batch.old_token_logp = _old_log_probs(policy, batch, config.optim.micro_batch)
         stats = {"rl/success": float(rewards.mean()), "rl/active_fraction": float(np.mean(advantages != 0))}
         policy.train()
+        sums: dict[str, float] = {}
+        n_updates = 0
         for _ in range(config.epochs_per_batch):
             order = torch.randperm(len(batch.tokens), generator=torch_generator).numpy()
             for mb_start in range(0, len(order), config.optim.batch_size):
@@ -221,8 +222,11 @@ def train_reinforce(
                 optimizer.step()
                 scheduler.step()
                 opt_step += 1
-                stats.update({f"rl/{k}": v for k, v in parts.items()}, **{"train/loss": loss_value})
+                for key, value in {**{f"rl/{k}": v for k, v in parts.items()}, "train/loss": loss_value}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                n_updates += 1
         policy.eval()
+        stats.update({key: value / n_updates for key, value in sums.items()})  # means over the iteration
         history.append(stats["rl/success"])
         bar.set_postfix(success=f"{stats['rl/success']:.2f}")
         if log is not None:

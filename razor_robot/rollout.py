@@ -114,10 +114,11 @@ def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int) -> gym
 
 
 def _fork_unsafe() -> bool:
-    # Forking after torch has started its thread pools can deadlock the child; spawn is safe everywhere.
+    # A forked child inherits torch's thread pools and an initialised EGL display (once the parent has rendered)
+    # and can deadlock on either; spawn is safe everywhere, fork is kept for light pure-Python envs.
     import sys
 
-    return "torch" in sys.modules
+    return any(name in sys.modules for name in ("torch", "mujoco", "sapien"))
 
 
 def rollout(

@@ -156,9 +156,9 @@ def _run_or_failure(config: SweepConfig, run: RunSpec, *args: Any, **kwargs: Any
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True,
               log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the whole sweep; returns the results file."""
+    runs = expand_runs(config)  # validates every run's config before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = expand_runs(config)  # validates every run's config before any work
     (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     results = out / RESULTS_FILE
     start = time.perf_counter()

@@ -25,7 +25,7 @@ class OptimConfig:
     micro_batch_size: int | None = None
     """Samples per forward/backward; gradients accumulate up to ``batch_size`` (None = no accumulation)."""
     warmup_steps: int = 10
-    """Linear warmup steps from 0 to the learning rate."""
+    """Linear warmup: step k (0-based) uses lr * (k + 1) / warmup_steps until it reaches lr."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     weight_decay: float = 0.0

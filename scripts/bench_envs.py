@@ -33,7 +33,8 @@ class BenchConfig:
 
 
 def parse_args() -> BenchConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     for name, default in vars(BenchConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     return BenchConfig(**vars(parser.parse_args()))
@@ -55,7 +56,8 @@ def bench_raw(task: str, image_size: int, steps: int, seed: int) -> None:
             env.reset()
     env.close()
     median_ms = 1000 * float(np.median(times))
-    print(f"raw   {task:<12} {image_size:>4}px  {len(times) / sum(times):7.1f} steps/s  median {median_ms:5.2f} ms")
+    rate = len(times) / sum(times)
+    print(f"raw   {task:<12} {image_size:>4}px  {rate:7.1f} steps/s  median {median_ms:5.2f} ms")
 
 
 def _make_env_fn(task: str):
@@ -70,7 +72,8 @@ def _make_env_fn(task: str):
 def bench_vector(task: str, workers: int, steps: int, seed: int) -> None:
     import gymnasium as gym
 
-    envs = gym.vector.AsyncVectorEnv([_make_env_fn(task) for _ in range(workers)])
+    # spawn, not fork: a forked worker inherits this process's EGL display (bench_raw rendered) and hangs.
+    envs = gym.vector.AsyncVectorEnv([_make_env_fn(task) for _ in range(workers)], context="spawn")
     envs.action_space.seed(seed)
     envs.reset(seed=seed)
     start = time.perf_counter()

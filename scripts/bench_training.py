@@ -1,0 +1,199 @@
+"""Training throughput of the tiny policy on CPU: SFT optimiser steps, RL updates, one real RL iteration.
+
+    python scripts/bench_training.py --threads 2
+    python scripts/bench_training.py --skip-env          # no Meta-World iteration
+
+Prints
+  1. SFT: optimiser steps/s and samples/s of ``train_sft`` (batch 32, synthetic 64 px images, one-hot CE);
+  2. RL update: ``minibatch_loss`` + backward at batch 256 with half the advantages zero (steps/s counts all 256
+     steps of the minibatch; only the non-zero half runs through the model);
+  3. one ``train_reinforce`` iteration on Meta-World pick-can (points x episodes rollouts, then the update), with
+     wall time split into rollout and update. An untrained policy rarely succeeds, so every group would have zero
+     advantage and the update would be empty; unless ``--real-advantages``, the iteration then gives half of the
+     groups synthetic +-1 advantages (said in the output) so the update cost is that of a half-active iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class BenchConfig:
+    """Command-line options."""
+
+    threads: int = 2
+    """torch intra-op threads."""
+    sft_batch: int = 32
+    """SFT optimiser batch."""
+    sft_steps: int = 12
+    """Timed SFT optimiser steps (after 3 untimed warm-up steps)."""
+    rl_batch: int = 256
+    """RL minibatch (steps per optimiser step)."""
+    rl_repeats: int = 5
+    """Timed RL minibatch updates (after 1 warm-up)."""
+    points: int = 9
+    """Training grid points of the real RL iteration (a square number: 9 = 3 x 3)."""
+    episodes: int = 5
+    """Rollouts per point (G)."""
+    workers: int = 2
+    """Env worker processes for the rollouts."""
+    skip_env: bool = False
+    """Skip the Meta-World iteration."""
+    real_advantages: bool = False
+    """Keep all-zero advantages when the policy never succeeds (the update then does nothing)."""
+
+
+def parse_args() -> BenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in vars(BenchConfig()).items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    cfg = BenchConfig(**vars(parser.parse_args()))
+    side = int(round(np.sqrt(cfg.points)))
+    if side < 2 or side * side != cfg.points:
+        parser.error(f"--points must be a square number >= 4, got {cfg.points}")
+    return cfg
+
+
+def tiny_policy(action_dim: int = 4):
+    from razor_robot.policies import load_policy
+
+    torch.manual_seed(0)
+    policy = load_policy("tiny", action_dim=action_dim)
+    # Identity statistics with the gripper (last dim) un-normalised, as the embedded base uses.
+    policy.set_norm_stats("bench", {"action": {"q01": [-1.0] * action_dim, "q99": [1.0] * action_dim,
+                                               "mask": [True] * (action_dim - 1) + [False]}})
+    return policy
+
+
+def bench_sft(cfg: BenchConfig) -> None:
+    from razor_robot.data import DemoDataset
+    from razor_robot.sft import SFTConfig, train_sft
+    from razor_robot.training import OptimConfig
+
+    policy = tiny_policy()
+    warmup, n = 3, cfg.sft_batch * (cfg.sft_steps + 3)
+    rng = np.random.default_rng(0)
+    dataset = DemoDataset(images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+                          states=np.zeros((n, 4), np.float32),
+                          actions=rng.uniform(-1, 1, (n, 4)).astype(np.float32),
+                          instructions=["pick coke can"] * n, tasks=["pick-can"] * n,
+                          episode_ids=np.arange(n) // 30, grid_index=np.zeros(n, np.int64))
+    stamps: list[float] = []
+    config = SFTConfig(OptimConfig(learning_rate=1e-4, batch_size=cfg.sft_batch), max_steps=cfg.sft_steps + warmup)
+    train_sft(policy, dataset, config, unnorm_key="bench", progress=False,
+              log=lambda metrics, step: stamps.append(time.perf_counter()))
+    seconds = (stamps[-1] - stamps[warmup - 1]) / cfg.sft_steps
+    print(f"SFT   batch {cfg.sft_batch}: {1 / seconds:6.2f} optimiser steps/s, {cfg.sft_batch / seconds:7.1f} "
+          f"samples/s ({1e3 * seconds:.0f} ms/step incl. clip + AdamW)")
+
+
+def bench_rl_update(cfg: BenchConfig) -> None:
+    from razor_robot.reinforce import RLConfig, StepBatch, minibatch_loss
+    from razor_robot.training import OptimConfig, make_optimizer
+
+    policy = tiny_policy()
+    rng = np.random.default_rng(0)
+    n = cfg.rl_batch
+    advantages = np.where(np.arange(n) % 2 == 0, rng.normal(size=n), 0.0)  # half the steps carry no signal
+    tokens = torch.from_numpy(rng.integers(0, 256, (n, policy.action_dim))) + policy.action_token_offset
+    batch = StepBatch(images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+                      instructions=["pick coke can"] * n, tokens=tokens.long(),
+                      advantages=torch.from_numpy(advantages).float())
+    config = RLConfig(OptimConfig(batch_size=n))
+    optimizer, _ = make_optimizer(policy, config.optim)
+    policy.train()
+
+    def update() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = minibatch_loss(policy, batch, np.arange(n), config, None)
+        loss.backward()
+        optimizer.step()
+
+    update()
+    start = time.perf_counter()
+    for _ in range(cfg.rl_repeats):
+        update()
+    seconds = (time.perf_counter() - start) / cfg.rl_repeats
+    print(f"RL    batch {n} (half zero-advantage): {n / seconds:7.1f} steps/s, {n / 2 / seconds:7.1f} active "
+          f"steps/s ({1e3 * seconds:.0f} ms per minibatch_loss + backward + AdamW)")
+
+
+def bench_rl_iteration(cfg: BenchConfig) -> None:
+    import razor_robot.reinforce as reinforce
+    from razor_robot.envs import grid_positions, task_spec
+    from razor_robot.experiment import adapter_factory_for
+    from razor_robot.reinforce import RLConfig, train_reinforce
+    from razor_robot.rollout import default_env_factory, make_vector_env
+    from razor_robot.training import OptimConfig
+
+    side = int(round(np.sqrt(cfg.points)))
+    positions = grid_positions(side)
+    policy = tiny_policy()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    real_rollout, real_advantages = reinforce.rollout, reinforce.group_advantages
+
+    def timed_rollout(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real_rollout(*args, **kwargs)
+        finally:
+            timings["rollout"] = timings.get("rollout", 0.0) + time.perf_counter() - start
+
+    def advantages_or_synthetic(rewards, groups, variant="reinforce", eps=1e-6):
+        adv = real_advantages(rewards, groups, variant, eps)
+        if cfg.real_advantages or np.any(adv != 0):
+            return adv
+        notes.append(f"success {np.mean(rewards):.2f}: no group had contrast, half the groups got synthetic "
+                     "+-1 advantages to time a half-active update")
+        synthetic = np.where(np.arange(len(rewards)) % 2 == 0, 1.0, -1.0)
+        return np.where(np.asarray(groups) % 2 == 0, synthetic, 0.0)
+
+    reinforce.rollout, reinforce.group_advantages = timed_rollout, advantages_or_synthetic
+    env = make_vector_env(default_env_factory("pick-can", "metaworld", image_size=64), cfg.workers)
+    try:
+        env.reset(seed=0)  # start the workers outside the timed iteration
+        config = RLConfig(OptimConfig(learning_rate=1e-4, batch_size=256), iterations=1,
+                          rollouts_per_point=cfg.episodes, checkpoints=1)
+        start = time.perf_counter()
+        logs = []
+        train_reinforce(policy, positions, config, task="pick-can", unnorm_key="bench", vector_env=env,
+                        adapter_factory=adapter_factory_for("metaworld"), progress=False,
+                        log=lambda stats, it: logs.append(stats))
+        total = time.perf_counter() - start
+    finally:
+        reinforce.rollout, reinforce.group_advantages = real_rollout, real_advantages
+        env.close()
+    episodes = len(positions) * cfg.episodes
+    steps = episodes * task_spec("pick-can", "metaworld").horizon
+    stats = logs[-1]
+    print(f"RL iteration on metaworld pick-can: {len(positions)} points x {cfg.episodes} episodes = {episodes} "
+          f"episodes, {steps} steps, {cfg.workers} workers")
+    print(f"  wall {total:.1f} s = rollout {timings['rollout']:.1f} s ({steps / timings['rollout']:.0f} env steps/s)"
+          f" + update {total - timings['rollout']:.1f} s (active fraction {stats['rl/active_fraction']:.2f})")
+    for note in notes:
+        print(f"  note: {note}")
+
+
+def main() -> None:
+    cfg = parse_args()
+    torch.set_num_threads(cfg.threads)
+    print(f"tiny policy, {cfg.threads} torch threads")
+    bench_sft(cfg)
+    bench_rl_update(cfg)
+    if not cfg.skip_env:
+        bench_rl_iteration(cfg)
+
+
+if __name__ == "__main__":
+    main()

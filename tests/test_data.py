@@ -1,0 +1,145 @@
+"""Demonstration datasets: exact Parquet round trip, K successes per grid point with shortfalls, bad input."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from fake_envs import make_reach_env
+from razor_robot.data import (
+    META_FILE, STEPS_FILE, CollectionPlan, DemoDataset, collect, episodes_per_task, load_dataset, save_dataset,
+    trajectories_to_dataset,
+)
+from razor_robot.rollout import Trajectory, make_vector_env
+
+
+def _dataset(n_steps=(3, 2), task="pick-can", seed=0) -> DemoDataset:
+    rng = np.random.default_rng(seed)
+    n = sum(n_steps)
+    return DemoDataset(
+        images=rng.integers(0, 256, (n, 6, 5, 3), dtype=np.uint8),
+        states=rng.normal(size=(n, 4)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+        instructions=[f"instr {i}" for i, k in enumerate(n_steps) for _ in range(k)],
+        tasks=[task] * n,
+        episode_ids=np.repeat(np.arange(len(n_steps)), n_steps).astype(np.int64),
+        grid_index=np.repeat(np.array([4, -1][: len(n_steps)] + [0] * max(0, len(n_steps) - 2)), n_steps),
+        meta={"shortfall_per_point": {"3": 1}, "norm_stats": {"k": {"action": {"q01": [-1.0, 0.5]}}}},
+    )
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    dataset = _dataset()
+    out = save_dataset(dataset, tmp_path / "demos")
+    assert sorted(p.name for p in out.iterdir()) == [META_FILE, STEPS_FILE]  # no temp files left behind
+    loaded = load_dataset(out)
+    np.testing.assert_array_equal(loaded.images, dataset.images)
+    np.testing.assert_array_equal(loaded.states, dataset.states)
+    np.testing.assert_array_equal(loaded.actions, dataset.actions)
+    np.testing.assert_array_equal(loaded.episode_ids, dataset.episode_ids)
+    np.testing.assert_array_equal(loaded.grid_index, [4, 4, 4, -1, -1])
+    assert loaded.images.dtype == np.uint8 and loaded.actions.dtype == np.float32
+    assert loaded.episode_ids.dtype == np.int64 and loaded.grid_index.dtype == np.int64
+    assert loaded.instructions == ["instr 0"] * 3 + ["instr 1"] * 2 and loaded.tasks == ["pick-can"] * 5
+    assert loaded.meta == dict(dataset.meta, image_shape=[6, 5, 3], action_dim=2, n_steps=5, n_episodes=2)
+    assert json.loads((out / META_FILE).read_text())["n_episodes"] == 2
+
+
+def test_load_missing_and_empty(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no dataset at"):
+        load_dataset(tmp_path / "nowhere")
+    empty = _dataset().subset(np.zeros(5, bool))
+    save_dataset(empty, tmp_path / "empty")
+    with pytest.raises(ValueError, match="empty dataset"):
+        load_dataset(tmp_path / "empty")
+    with pytest.raises(ValueError, match="empty dataset"):
+        trajectories_to_dataset([])
+    with pytest.raises(ValueError, match="empty dataset"):
+        DemoDataset.concatenate([empty])
+
+
+def test_concatenate_offsets_episode_ids_and_subsets_by_task():
+    a, b = _dataset((3, 2), "open-drawer"), _dataset((1, 1), "pick-can", seed=1)
+    both = DemoDataset.concatenate([a, b])
+    assert both.episode_ids.tolist() == [0, 0, 0, 1, 1, 2, 3]
+    assert episodes_per_task(both) == {"open-drawer": 2, "pick-can": 2}
+    picks = both.for_tasks(["pick-can"])
+    assert len(picks) == 2 and picks.episode_ids.tolist() == [2, 3]
+    np.testing.assert_array_equal(picks.images, b.images)
+
+
+def test_trajectories_to_dataset_clips_actions_and_numbers_episodes():
+    def trajectory(actions):
+        t = len(actions)
+        return Trajectory("pick-can", "pick coke can", 0, (0.1, 0.2), True, np.zeros((t, 4, 4, 3), np.uint8),
+                          np.zeros((t, 4)), np.asarray(actions, np.float64), np.ones(t, bool))
+
+    dataset = trajectories_to_dataset([trajectory([[2.5, -0.5]]), trajectory([[0.25, -3.0], [1.0, 0.0]])],
+                                      grid_index=[7, 2], first_episode_id=10)
+    assert dataset.actions.dtype == np.float32 and dataset.states.dtype == np.float32
+    assert dataset.actions.tolist() == [[1.0, -0.5], [0.25, -1.0], [1.0, 0.0]]
+    assert dataset.episode_ids.tolist() == [10, 11, 11] and dataset.grid_index.tolist() == [7, 2, 2]
+
+
+def test_collection_plan_rejects_bad_k():
+    with pytest.raises(ValueError, match="episodes_per_point .K. must be >= 1, got 0"):
+        CollectionPlan("pick-can", 0)
+    with pytest.raises(ValueError, match="max_attempts_factor"):
+        CollectionPlan("pick-can", 1, max_attempts_factor=0)
+
+
+class PickyReacher:
+    """Moves straight to the can (ReachEnv state = [point, can]) except on odd seeds and when the can is at x < 0,
+    where it walks away. The seed is readable from image[0, 0, 1]."""
+
+    built = 0
+
+    def __init__(self):
+        PickyReacher.built += 1
+
+    def act(self, obs):
+        point, can = obs["state"][:2], obs["state"][2:]
+        if obs["image"][0, 0, 1] % 2 == 1 or can[0] < 0:
+            return np.array([-1.0, -1.0])
+        return np.clip((can - point) / 0.1, -1, 1)
+
+
+def test_collect_keeps_k_per_point_and_reports_shortfalls():
+    # K=2, cap = 2 * 3 = 6 attempts per point; point 0 succeeds on even seeds, point 1 never.
+    #   round 1: p0 seeds 0,1 (keeps 0); p1 seeds 2,3          -> p0 wants 1, p1 wants 2
+    #   round 2: p0 seed 4 (keeps 4);    p1 seeds 5,6          -> p0 done, p1 has 4 attempts
+    #   round 3:                          p1 seeds 7,8          -> p1 capped at 6 attempts, short by 2
+    plan = CollectionPlan("pick-can", 2, np.array([[0.2, 0.1], [-0.2, 0.0]]), max_attempts_factor=3)
+    env = make_vector_env(make_reach_env, 1)
+    PickyReacher.built = 0
+    try:
+        kept, index, shortfall = collect(plan, PickyReacher, vector_env=env, progress=False)
+    finally:
+        env.close()
+    assert [t.seed for t in kept] == [0, 4] and index == [0, 0]
+    assert all(t.success and t.object_xy == (0.2, 0.1) for t in kept)
+    assert shortfall == {"1": 2}
+    assert PickyReacher.built == 9  # one fresh demonstrator per episode: 4 + 3 + 2 attempts
+
+
+class EvenSeedReacher(PickyReacher):
+    def act(self, obs):
+        point, can = obs["state"][:2], obs["state"][2:]
+        if obs["image"][0, 0, 1] % 2 == 1:
+            return np.array([-1.0, -1.0])
+        return np.clip((can - point) / 0.1, -1, 1)
+
+
+def test_collect_without_positions_counts_k_in_total():
+    # K=3 in total: seeds 10, 11, 12 (keeps 10, 12), then 13 (fails), then 14 (keeps) -> 5 attempts.
+    plan = CollectionPlan("pick-can", 3, None, seed=10)
+    # The env draws the can in [-1, 1]^2; 12 steps of up to 0.1 reach any of it.
+    env = make_vector_env(functools.partial(make_reach_env, horizon=12), 1)
+    PickyReacher.built = 0
+    try:
+        kept, index, shortfall = collect(plan, EvenSeedReacher, vector_env=env, progress=False)
+    finally:
+        env.close()
+    assert [t.seed for t in kept] == [10, 12, 14] and index == [-1, -1, -1] and shortfall == {}
+    assert PickyReacher.built == 5
