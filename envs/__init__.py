@@ -44,6 +44,7 @@ __all__ = [
     "eval_positions",
     "grid_positions",
     "make_env",
+    "require_backend",
     "position_ranges",
     "task_spec",
 ]
@@ -68,10 +69,14 @@ def make_env(
     success_mode: str = "final",
     **backend_options: Any,
 ):
-    """Build one task env (a gymnasium.Env following docs/ARCHITECTURE.md); bad input -> ValueError."""
+    """Build one task env (a gymnasium.Env following docs/ARCHITECTURE.md); bad input -> ValueError.
+
+    ``image_size=None`` keeps SimplerEnv's native camera resolution (simpler backend only).
+    """
     check_task(task)
     check_backend(backend)
-    image_size = check_image_size(image_size)
+    if not (backend == "simpler" and image_size is None):
+        image_size = check_image_size(image_size)
     check_success_mode(success_mode)
     if backend == "metaworld":
         from .metaworld_backend import MetaWorldTaskEnv
@@ -84,6 +89,19 @@ def make_env(
     except ImportError as exc:
         raise MissingDependencyError("simpler_env", _SIMPLER_HINT) from exc
     return make_simpler_env(task, image_size=image_size, success_mode=success_mode, **backend_options)
+
+
+_BACKEND_MODULES = {"metaworld": ("metaworld", 'pip install "razor-robot[metaworld]"'),
+                    "simpler": ("simpler_env", _SIMPLER_HINT)}
+
+
+def require_backend(backend: str) -> None:
+    """Fail fast, without importing the simulator, when a backend's package is not installed."""
+    import importlib.util
+
+    module, hint = _BACKEND_MODULES[check_backend(backend)]
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(module, hint)
 
 
 def _register_gym_ids() -> None:

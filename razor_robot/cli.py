@@ -168,11 +168,12 @@ def cmd_frontier(args: argparse.Namespace) -> None:
 
 
 def cmd_video(args: argparse.Namespace) -> None:
-    from razor_robot.envs import eval_positions, make_env, position_ranges, task_spec
+    from razor_robot.envs import eval_positions, position_ranges, require_backend, task_spec
     from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, default_env_factory, rollout
     from razor_robot.video import write_rollout_video
 
     task_spec(args.task, args.backend)  # one-line error on an unknown task/backend
+    require_backend(args.backend)
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if args.policy == "scripted":
@@ -198,7 +199,6 @@ def cmd_video(args: argparse.Namespace) -> None:
         xy = eval_positions(args.episodes, seed=args.seed, x_range=x_range, y_range=y_range, backend=args.backend)
     requests = [EpisodeRequest(args.task, args.seed + i, tuple(map(float, xy[i])) if with_positions else None)
                 for i in range(args.episodes)]
-    make_env(args.task, args.backend, image_size=args.image_size).close()  # fail fast on a missing backend
     factory = default_env_factory(args.task, args.backend, image_size=args.image_size)
     trajectories = rollout(requests, policy, env_factory=factory, num_workers=args.workers,
                            progress=not args.no_progress)

@@ -104,12 +104,15 @@ def default_env_factory(task: str, backend: str = "metaworld", **env_options: An
 
 
 def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int) -> gym.vector.VectorEnv:
-    """Subprocess workers when num_workers > 1, in-process otherwise (same API, same results)."""
+    """``num_workers`` subprocess workers, one env each.
+
+    Even a single env runs in a subprocess: software rendering (Mesa llvmpipe) loads its own LLVM into the
+    process that renders, and torch's later import of triton (another LLVM) then segfaults. Keeping every
+    renderer out of the learner's process avoids the clash.
+    """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     fns = [functools.partial(_make_worker_env, env_factory, i) for i in range(num_workers)]
-    if num_workers == 1:
-        return gym.vector.SyncVectorEnv(fns)
     return gym.vector.AsyncVectorEnv(fns, context="spawn" if _fork_unsafe() else None)
 
 

@@ -156,7 +156,10 @@ def _run_or_failure(config: SweepConfig, run: RunSpec, *args: Any, **kwargs: Any
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True,
               log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the whole sweep; returns the results file."""
+    from razor_robot.envs import require_backend
+
     runs = expand_runs(config)  # validates every run's config before any work
+    require_backend(config.backend)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))

@@ -2,6 +2,7 @@
 
 import pytest
 
+import razor_robot.report  # noqa: F401  (bind the real rollout before no_work patches it)
 from razor_robot import cli
 
 CONFIG = """\
@@ -117,3 +118,12 @@ def test_top_level_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("sweep", "train", "pretrain", "collect", "eval", "frontier", "video"):
         assert command in out
+
+
+def test_missing_simulator_backend_names_the_install(capsys, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("simpler_env") is not None:
+        pytest.skip("simpler_env is installed here")
+    _fails(capsys, ["video", "--task", "pick-can", "--backend", "simpler", "--out", tmp_path / "x.mp4"],
+           "simpler_env", "ManiSkill2_real2sim")

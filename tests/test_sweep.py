@@ -54,7 +54,7 @@ def write_config(directory: Path, cache_dir: Path, **changes) -> Path:
 
 
 def checkpoint_records(records):
-    return [r for r in records if r.get("method") in ("sft", "rl")]
+    return [r for r in records if r.get("method") in ("sft", "rl") and r.get("status") != "failed"]
 
 
 def test_mini_sweep_writes_records_plots_videos_and_resumes(tmp_path, cache_dir):
