@@ -81,3 +81,20 @@ def test_expand_runs_is_the_product_of_grid_and_seeds():
 def test_bad_sweep_configs_fail_before_work(data, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         expand_runs(from_dict(SweepConfig, data, "sweep"))
+
+
+@pytest.mark.parametrize("name, sft_runs, rl_runs", [
+    ("quickstart", 2, 2), ("cpu_full", 21, 7), ("paper_simpler_openvla", 21, 7)])
+def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
+    from pathlib import Path
+
+    from razor_robot.config import load_yaml
+
+    config = load_yaml(SweepConfig, Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    runs = expand_runs(config)
+    assert [r.method for r in runs].count("sft") == sft_runs and [r.method for r in runs].count("rl") == rl_runs
+    if name == "paper_simpler_openvla":
+        assert config.backend == "simpler" and config.demos.grid_size == 10 and config.demos.episodes_per_point == 10
+        assert config.eval.new_task_positions == 100 and config.rl.config["rollouts_per_point"] == 5
+        assert sorted({r.config.optim.learning_rate for r in runs}) == [1e-6, 3e-6, 5e-6, 7e-6, 9e-6, 1e-5, 3e-5]
+        assert sorted({r.config.optim.batch_size for r in runs if r.method == "sft"}) == [16, 32, 64]
