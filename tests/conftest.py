@@ -8,6 +8,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -19,3 +21,17 @@ def pytest_ignore_collect(collection_path: Path, config):
     if HAS_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
         return None
     return "pytest.mark.core" not in collection_path.read_text()
+
+
+@pytest.fixture(autouse=True)
+def _torch_single_thread():
+    """Torch runs on one thread in tests, so it never oversubscribes the 2 cores shared with env workers."""
+    if not HAS_TORCH:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -27,14 +27,6 @@ TEXT_VOCAB, PAD_ROWS = 320, 64  # tokenizer ids (64 text + 256 action), embeddin
 PROMPT = "In: What action should the robot take to {}?\nOut:"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _randomise(module: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -14,14 +14,6 @@ from razor_robot.policies.configuration_vla import LLMConfig  # noqa: E402
 INSTRUCTIONS = ["pick coke can", "open drawer", "Close the TOP drawer  "]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def policy():
     return load_policy("tiny", seed=0)
