@@ -233,6 +233,14 @@ class VLAPolicy(nn.Module):
         return tokens
 
     # ---- policy API ----
+    def forward(self, images, instructions: Sequence[str], action_tokens) -> torch.Tensor:
+        """Teacher-forced action logits (B, D, 256), as ``action_logits``.
+
+        Training goes through ``policy(...)`` rather than ``policy.action_logits(...)`` so that wrappers that
+        hook the root module's forward (DDP gradient sync, FSDP parameter unsharding) see every step.
+        """
+        return self.action_logits(images, instructions, action_tokens)
+
     def action_logits(self, images, instructions: Sequence[str], action_tokens) -> torch.Tensor:
         """Teacher-forced logits (B, D, 256); index j is vocabulary id action_token_offset + j."""
         tokens = self._check_tokens(action_tokens, self._check_batch(images, instructions))  # (B, D)
@@ -367,6 +375,9 @@ class VLAPolicy(nn.Module):
         inject_adapter_in_model(config, self)
         for name, param in self.named_parameters():
             param.requires_grad = "lora_" in name
+            if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+                # fp32 adapters on a half-precision base: AdamW steps of lr ~1e-6 vanish in bf16 rounding
+                param.data = param.data.float()
         self.lora_config = dict(r=r, alpha=alpha, target_modules=names, dropout=dropout)
         return self
 
@@ -398,8 +409,8 @@ class VLAPolicy(nn.Module):
         if self.vision_backbone.use_fused_vision_backbone:
             self.vision_backbone.fused_featurizer.set_grad_checkpointing(True)
 
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write safetensors weights, config JSON, tokenizer and norm stats (see loading.save_policy)."""
         from .loading import save_policy
 
-        save_policy(self, directory)
+        save_policy(self, directory, state_dict)

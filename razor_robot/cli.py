@@ -134,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     _, positions = config.positions()
-    spec = dataclasses.replace(config.policy, lora=None)
+    spec = dataclasses.replace(config.inference_policy(), lora=None)
     policy = load_for_training(args.checkpoint, spec)
     with EnvPool(config.backend, config.env, config.num_workers) as pool:
         scores, _ = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,

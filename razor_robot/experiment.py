@@ -19,10 +19,10 @@ from typing import Any, Callable
 import numpy as np
 
 from razor_robot.config import ConfigError, config_hash, from_dict, set_dotted, to_dict
+from razor_robot.distributed import DistributedSpec
 from razor_robot.evaluation import EnvPool, EvalConfig, evaluate_policy, kl_observations
 from razor_robot.reinforce import RLConfig
 from razor_robot.sft import SFTConfig
-from razor_robot.training import OptimConfig
 
 METHODS = ("sft", "rl")
 EMBEDDED_UNNORM_KEY = "metaworld_demos"
@@ -219,6 +219,8 @@ class SweepConfig:
     """Logging."""
     report: ReportSpec = field(default_factory=ReportSpec)
     """End-of-sweep report."""
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)
+    """Training over several processes/GPUs (FSDP or DDP through accelerate; see razor_robot.distributed)."""
 
     def __post_init__(self):
         from razor_robot.envs import check_backend
@@ -230,12 +232,20 @@ class SweepConfig:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
+        if self.engine == "ray" and self.distributed.strategy != "none":
+            raise ValueError("distributed training runs under `accelerate launch` with engine: local, not ray")
 
     @property
     def unnorm_key(self) -> str:
         if self.policy.unnorm_key:
             return self.policy.unnorm_key
         return "fractal20220817_data" if self.backend == "simpler" else EMBEDDED_UNNORM_KEY
+
+    def inference_policy(self) -> PolicySpec:
+        """How evaluation, videos and the base's evaluation load policies: no gradient checkpointing, and bf16
+        weights when training computes in bf16 over fp32 master weights (as the RL rollouts do)."""
+        dtype = "bfloat16" if self.distributed.mixed_precision == "bf16" else self.policy.dtype
+        return dataclasses.replace(self.policy, gradient_checkpointing=False, dtype=dtype)
 
     def cache_root(self) -> Path:
         root = self.cache_dir or os.environ.get("RAZOR_ROBOT_CACHE") or Path.home() / ".cache" / "razor-robot"
@@ -305,15 +315,17 @@ def resolve_device(spec: PolicySpec) -> tuple[str, str]:
     return device, dtype
 
 
-def load_for_training(path_or_name: str, spec: PolicySpec, **overrides: Any):
-    """Load a policy on the configured device/dtype, with LoRA and gradient checkpointing if asked."""
+def load_for_training(path_or_name: str, spec: PolicySpec, *, device: str | None = None, **overrides: Any):
+    """Load a policy on the configured (or the given) device and dtype, with LoRA and gradient checkpointing
+    if asked."""
     import torch
 
     from razor_robot.policies import load_policy
 
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
-    device, dtype = resolve_device(spec)
+    configured_device, dtype = resolve_device(spec)
+    device = device or configured_device
     policy = load_policy(path_or_name, device=device, dtype=getattr(torch, dtype), **{**spec.overrides, **overrides})
     if spec.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -426,7 +438,7 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
     if eval_path.exists() and obs_path.exists():
         return json.loads(eval_path.read_text()), obs_path
     eval_path.parent.mkdir(parents=True, exist_ok=True)
-    policy = load_for_training(str(base_dir), dataclasses.replace(config.policy, lora=None))
+    policy = load_for_training(str(base_dir), dataclasses.replace(config.inference_policy(), lora=None))
     _, positions = config.positions()
     scores, trajectories = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
                                            adapter_factory=adapter_factory_for(config.backend),

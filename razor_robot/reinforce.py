@@ -8,9 +8,9 @@ Each iteration:
   4. loss = -mean over steps of A * log π(a_t | o_t), where log π(a_t | o_t) is the sum of the D action-token
      log-probabilities and A is the advantage of the step's episode. No KL term.
 
-Loss normalisation: the iteration's steps (zero-advantage steps included) are shuffled into minibatches of
-``optim.batch_size`` steps, one optimiser step each; a minibatch's loss is the sum of A * log π over its steps
-divided by the number of steps in the minibatch. Zero-advantage steps contribute exactly zero to that sum, so
+Loss normalisation: the iteration's N steps (zero-advantage steps included) are shuffled into
+ceil(N / ``optim.batch_size``) minibatches of equal size (within one step), one optimiser step each; a
+minibatch's loss is the sum of A * log π over its steps divided by the number of steps in the minibatch. Zero-advantage steps contribute exactly zero to that sum, so
 they are counted in the denominator but never run through the model.
 
 Variants (``RLConfig.variant``):
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from razor_robot.acting import VLAActor
+from razor_robot.distributed import RolloutCopy, make_accelerator, micro_batches
 from razor_robot.rollout import EpisodeRequest, Trajectory, rollout
 from razor_robot.training import OptimConfig, finite_or_raise, make_optimizer
 
@@ -116,41 +117,54 @@ def steps_from_trajectories(trajectories: list[Trajectory], advantages: np.ndarr
     )
 
 
-def token_log_probs(policy: Any, images, instructions: list[str], tokens: torch.Tensor) -> torch.Tensor:
-    """(B, D) log-probabilities of the given action tokens under the 256-way action-token softmax."""
-    logits = policy.action_logits(images, instructions, tokens).float()  # (B, D, K)
+def token_log_probs(policy: Any, images, instructions: list[str], tokens: torch.Tensor,
+                    model: Any = None) -> torch.Tensor:
+    """(B, D) log-probabilities of the given action tokens under the 256-way action-token softmax.
+
+    ``model`` is the policy as prepared for training (a DDP/FSDP wrapper, or the policy itself).
+    """
+    logits = (model or policy)(images, instructions, tokens).float()  # (B, D, K)
     return F.log_softmax(logits, -1).gather(-1, (tokens - policy.action_token_offset).unsqueeze(-1)).squeeze(-1)
 
 
 def minibatch_loss(policy: Any, batch: StepBatch, idx: np.ndarray, config: RLConfig,
-                   base_logits_fn: Callable | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of the minibatch ``idx`` (sum over its steps / its size); only non-zero-advantage steps run,
-    unless a KL term needs every step."""
+                   base_logits_fn: Callable | None, *, model: Any = None, denominator: float | None = None,
+                   always_forward: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of the steps ``idx``: sum over them / ``denominator`` (default: their number).
+
+    Only non-zero-advantage steps run through the model, unless a KL term needs every step. With
+    ``always_forward`` (several processes, whose collectives must pair up) a share with nothing to run still
+    makes one zero-weight pass.
+    """
+    denominator = len(idx) if denominator is None else denominator
     needs_all = config.variant == "kl-reinforce"
     run = idx if needs_all else idx[batch.advantages[idx].numpy() != 0]
+    weight = 1.0
     if len(run) == 0:
-        return torch.zeros((), requires_grad=False), {"pg_loss": 0.0}
+        if not always_forward:
+            return torch.zeros((), requires_grad=False), {"pg_loss": 0.0}
+        run, weight = np.arange(1), 0.0
     images = batch.images[run]
     instructions = [batch.instructions[i] for i in run]
-    tokens, advantages = batch.tokens[run], batch.advantages[run]
+    tokens, advantages = batch.tokens[run], batch.advantages[run] * weight
     if config.variant == "kl-reinforce":
-        logits = policy.action_logits(images, instructions, tokens).float()  # (B, D, K)
+        logits = (model or policy)(images, instructions, tokens).float()  # (B, D, K)
         logp_all = F.log_softmax(logits, -1)
         logp = logp_all.gather(-1, (tokens - policy.action_token_offset).unsqueeze(-1)).squeeze(-1)  # (B, D)
         with torch.no_grad():
             base_logp = F.log_softmax(base_logits_fn(images, instructions, tokens).float(), -1)
         kl = (logp_all.exp() * (logp_all - base_logp)).sum(-1).sum(-1)  # (B,) KL(π‖π0) summed over tokens
         pg = -(advantages * logp.sum(-1)).sum()
-        loss = (pg + config.kl_coef * kl.sum()) / len(idx)
-        return loss, {"pg_loss": pg.item() / len(idx), "kl": kl.mean().item()}
-    logp = token_log_probs(policy, images, instructions, tokens)  # (B, D)
+        loss = (pg + weight * config.kl_coef * kl.sum()) / denominator
+        return loss, {"pg_loss": pg.item() / denominator, "kl": kl.mean().item()}
+    logp = token_log_probs(policy, images, instructions, tokens, model=model)  # (B, D)
     if config.variant == "grpo":
         ratio = torch.exp(logp - batch.old_token_logp[run])  # (B, D) token-level ratios
         adv = advantages.unsqueeze(-1)
         surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip_eps, 1 + config.clip_eps) * adv)
-        loss = -surrogate.mean(-1).sum() / len(idx)
+        loss = -surrogate.mean(-1).sum() / denominator
         return loss, {"pg_loss": loss.item(), "clip_frac": ((ratio - 1).abs() > config.clip_eps).float().mean().item()}
-    loss = -(advantages * logp.sum(-1)).sum() / len(idx)
+    loss = -(advantages * logp.sum(-1)).sum() / denominator
     return loss, {"pg_loss": loss.item()}
 
 
@@ -167,22 +181,35 @@ def train_reinforce(
     vector_env=None,
     adapter_factory: Callable[[], Any] | None = None,
     base_policy: Any | None = None,
-    on_checkpoint: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int, float, Any], None] | None = None,
     log: Callable[[dict[str, float], int], None] | None = None,
     progress: bool = True,
+    accelerator: Any = None,
 ) -> dict[str, float]:
-    """Fine-tune ``policy`` in place on ``task`` from the training grid ``positions`` (P, 2)."""
+    """Fine-tune ``policy`` in place on ``task`` from the training grid ``positions`` (P, 2).
+
+    With an ``accelerator`` over several processes (see razor_robot.distributed) each process rolls out the
+    grid points ``g`` with ``g % world == rank`` (whole groups, so advantages stay local) with an unsharded
+    copy of the policy, and the iteration's optimiser steps are formed over all processes' steps together.
+    """
     if len(positions) == 0:
         raise ValueError("no training positions")
+    accelerator = accelerator or make_accelerator(cpu=policy.device.type == "cpu")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if len(positions) < world:
+        raise ValueError(f"{len(positions)} training positions cannot be shared by {world} processes")
     generator = np.random.default_rng(config.seed)
-    torch_generator = torch.Generator().manual_seed(config.seed)
-    actor = VLAActor(policy, unnorm_key=unnorm_key, temperature=config.temperature, seed=config.seed,
-                     adapter_factory=adapter_factory)
+    torch_generator = torch.Generator().manual_seed(config.seed + rank)
+    rollout_copy = RolloutCopy(accelerator, policy)  # before prepare(): FSDP shards the policy in place
+    actor = VLAActor(rollout_copy.policy, unnorm_key=unnorm_key, temperature=config.temperature,
+                     seed=config.seed + rank, adapter_factory=adapter_factory)
     base_logits_fn = None
     if config.variant == "kl-reinforce":
-        base = base_policy if base_policy is not None else copy.deepcopy(policy).eval()
+        base = base_policy if base_policy is not None else copy.deepcopy(rollout_copy.policy).eval()
         base_logits_fn = base.action_logits
-    optimizer, scheduler = make_optimizer(policy, config.optim)
+    model = accelerator.prepare(policy)
+    optimizer, scheduler = make_optimizer(model, config.optim)
+    optimizer = accelerator.prepare(optimizer)
     checkpoint_iterations = {max(1, round(config.iterations * (i + 1) / config.checkpoints))
                              for i in range(config.checkpoints)}
     start, opt_step, history = time.perf_counter(), 0, []
@@ -191,48 +218,62 @@ def train_reinforce(
         requests, groups = [], []
         for g, xy in enumerate(positions):
             for _ in range(config.rollouts_per_point):
-                requests.append(EpisodeRequest(task, int(generator.integers(2**31 - 1)), (float(xy[0]), float(xy[1]))))
-                groups.append(g)
+                seed = int(generator.integers(2**31 - 1))  # drawn for every point: the same stream on all ranks
+                if g % world == rank:
+                    requests.append(EpisodeRequest(task, seed, (float(xy[0]), float(xy[1]))))
+                    groups.append(g)
         trajectories = rollout(requests, actor, backend=backend, env_options=env_options, num_workers=num_workers,
                                vector_env=vector_env, progress=f"rl rollouts {iteration}" if progress else False)
         rewards = np.array([float(t.success) for t in trajectories])
         advantages = group_advantages(rewards, np.asarray(groups), config.variant, config.advantage_eps)
         batch = steps_from_trajectories(trajectories, advantages)
-        if config.variant == "grpo":
-            batch.old_token_logp = _old_log_probs(policy, batch, config.optim.micro_batch)
-        stats = {"rl/success": float(rewards.mean()), "rl/active_fraction": float(np.mean(advantages != 0))}
-        policy.train()
+        if config.variant == "grpo":  # the rollout policy's log-probs (its weights equal the model's here)
+            batch.old_token_logp = _old_log_probs(rollout_copy.policy, batch, config.optim.micro_batch)
+        counts = accelerator.gather(torch.tensor([len(batch.tokens), rewards.sum(), np.sum(advantages != 0),
+                                                  len(rewards)], dtype=torch.float64, device=accelerator.device))
+        counts = counts.reshape(world, 4).cpu().numpy()  # per process: steps, successes, active episodes, episodes
+        stats = {"rl/success": float(counts[:, 1].sum() / counts[:, 3].sum()),
+                 "rl/active_fraction": float(counts[:, 2].sum() / counts[:, 3].sum())}
+        # Minibatches of ~optim.batch_size steps over all processes: each process splits its shuffled steps into
+        # the same number of chunks; chunk k of every process together form optimiser step k.
+        steps_per_process = counts[:, 0].astype(int)
+        n_minibatches = max(1, math.ceil(steps_per_process.sum() / config.optim.batch_size))
+        minibatch_sizes = sum(np.array([len(c) for c in np.array_split(np.arange(n), n_minibatches)])
+                              for n in steps_per_process)  # (n_minibatches,) global steps per optimiser step
+        model.train()
         sums: dict[str, float] = {}
         n_updates = 0
         for _ in range(config.epochs_per_batch):
             order = torch.randperm(len(batch.tokens), generator=torch_generator).numpy()
-            for mb_start in range(0, len(order), config.optim.batch_size):
-                minibatch = order[mb_start:mb_start + config.optim.batch_size]
+            for chunk, global_size in zip(np.array_split(order, n_minibatches), minibatch_sizes):
                 optimizer.zero_grad(set_to_none=True)
                 loss_value, parts = 0.0, {}
-                for micro in np.array_split(minibatch, math.ceil(len(minibatch) / config.optim.micro_batch)):
-                    loss, parts = minibatch_loss(policy, batch, micro, config, base_logits_fn)
-                    loss = loss * len(micro) / len(minibatch)
+                # Gradients are averaged over processes: dividing by global_size / world gives the global mean.
+                for micro in micro_batches(chunk, int(global_size), config.optim.micro_batch, accelerator):
+                    loss, parts = minibatch_loss(policy, batch, micro, config, base_logits_fn, model=model,
+                                                 denominator=global_size / world, always_forward=world > 1)
                     if loss.requires_grad:
-                        loss.backward()
-                    loss_value += loss.item()
+                        accelerator.backward(loss)
+                    loss_value += loss.item() / world
+                loss_value = float(accelerator.reduce(torch.tensor(loss_value, device=accelerator.device), "sum"))
                 finite_or_raise(loss_value, opt_step)
-                torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
-                                               config.optim.max_grad_norm)
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                            config.optim.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 opt_step += 1
                 for key, value in {**{f"rl/{k}": v for k, v in parts.items()}, "train/loss": loss_value}.items():
                     sums[key] = sums.get(key, 0.0) + value
                 n_updates += 1
-        policy.eval()
+        model.eval()
+        rollout_copy.refresh(model)
         stats.update({key: value / n_updates for key, value in sums.items()})  # means over the iteration
         history.append(stats["rl/success"])
         bar.set_postfix(success=f"{stats['rl/success']:.2f}")
         if log is not None:
             log(stats, iteration)
         if iteration in checkpoint_iterations and on_checkpoint is not None:
-            on_checkpoint(iteration, iteration / config.iterations)
+            on_checkpoint(iteration, iteration / config.iterations, model)
     bar.close()
     return {"rl/final_rollout_success": history[-1], "rl/first_rollout_success": history[0],
             "train/optimizer_steps": opt_step, "train/seconds": time.perf_counter() - start}

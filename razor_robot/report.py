@@ -37,7 +37,7 @@ def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Pa
             best = best_checkpoint(records, method)
             if best is None:
                 continue
-            policy = load_for_training(best["checkpoint"], dataclasses.replace(config.policy, lora=None))
+            policy = load_for_training(best["checkpoint"], dataclasses.replace(config.inference_policy(), lora=None))
             actor = VLAActor(policy, unnorm_key=config.unnorm_key, temperature=config.eval.temperature,
                              adapter_factory=adapter_factory_for(config.backend))
             for task in tasks:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from razor_robot.data import DemoDataset
+from razor_robot.distributed import make_accelerator, micro_batches, process_share
 from razor_robot.training import (
     OptimConfig, action_bins, finite_or_raise, make_optimizer, shift_augment, soft_bin_targets,
 )
@@ -53,10 +54,13 @@ class SFTConfig:
 
 
 def sft_loss(policy: Any, images: torch.Tensor, instructions: list[str], targets: torch.Tensor,
-             label_sigma_bins: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy per action token. ``targets`` (B, D) are bin indices into the 256 action logits."""
+             label_sigma_bins: float = 0.0, model: Any = None) -> torch.Tensor:
+    """Mean cross-entropy per action token. ``targets`` (B, D) are bin indices into the 256 action logits.
+
+    ``model`` is the policy as prepared for training (a DDP/FSDP wrapper, or the policy itself).
+    """
     tokens = targets + policy.action_token_offset  # (B, D) vocabulary ids, teacher-forced
-    logits = policy.action_logits(images, instructions, tokens).float()  # (B, D, K)
+    logits = (model or policy)(images, instructions, tokens).float()  # (B, D, K)
     if label_sigma_bins > 0:
         soft = soft_bin_targets(targets, logits.shape[-1], label_sigma_bins)  # (B, D, K)
         return -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
@@ -69,14 +73,22 @@ def train_sft(
     config: SFTConfig,
     *,
     unnorm_key: str,
-    on_checkpoint: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int, float, Any], None] | None = None,
     log: Callable[[dict[str, float], int], None] | None = None,
     progress: bool = True,
+    accelerator: Any = None,
 ) -> dict[str, float]:
-    """Train ``policy`` in place; ``on_checkpoint(step, fraction_of_training)`` runs at each checkpoint."""
+    """Train ``policy`` in place; ``on_checkpoint(step, fraction_of_training, model)`` runs at each checkpoint
+    (``model`` is the policy as prepared by the accelerator, for gathering sharded weights).
+
+    With an ``accelerator`` over several processes (see razor_robot.distributed) every process runs this with
+    the same dataset and seed, draws the same global batches and trains on its share of each.
+    """
     if len(dataset) == 0:
         raise ValueError("empty dataset: nothing to fine-tune on")
     optim_cfg = config.optim
+    accelerator = accelerator or make_accelerator(cpu=policy.device.type == "cpu")
+    world = accelerator.num_processes
     generator = torch.Generator().manual_seed(config.seed)
     targets_all = torch.from_numpy(action_bins(policy, dataset.actions, unnorm_key))  # (N, D)
     steps_per_epoch = max(1, len(dataset) // optim_cfg.batch_size)
@@ -85,8 +97,10 @@ def train_sft(
         total_steps = min(total_steps, config.max_steps)
     checkpoint_steps = sorted({max(1, round(total_steps * (i + 1) / config.checkpoints))
                                for i in range(config.checkpoints)})
-    optimizer, scheduler = make_optimizer(policy, optim_cfg)
-    policy.train()
+    model = accelerator.prepare(policy)
+    optimizer, scheduler = make_optimizer(model, optim_cfg)
+    optimizer = accelerator.prepare(optimizer)
+    model.train()
     order = torch.randperm(len(dataset), generator=generator)
     cursor, start, last_loss = 0, time.perf_counter(), float("nan")
     bar = tqdm(range(1, total_steps + 1), desc="sft", disable=not progress, leave=False)
@@ -95,19 +109,25 @@ def train_sft(
             order, cursor = torch.randperm(len(dataset), generator=generator), 0
         batch = order[cursor:cursor + optim_cfg.batch_size].numpy()
         cursor += optim_cfg.batch_size
+        # Augmentation draws from the shared generator for the whole batch, so every process stays in step.
+        images_all = torch.from_numpy(dataset.images[batch])  # (B, H, W, 3)
+        if config.shift_augment_px:
+            images_all = shift_augment(images_all, config.shift_augment_px, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for micro in np.array_split(batch, math.ceil(len(batch) / optim_cfg.micro_batch)):
-            images = torch.from_numpy(dataset.images[micro])
-            if config.shift_augment_px:
-                images = shift_augment(images, config.shift_augment_px, generator)
-            loss = sft_loss(policy, images, [dataset.instructions[i] for i in micro], targets_all[micro],
-                            config.label_sigma_bins)
-            (loss * len(micro) / len(batch)).backward()
-            loss_sum += loss.item() * len(micro) / len(batch)
-        last_loss = finite_or_raise(loss_sum, step)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in policy.parameters() if p.requires_grad], optim_cfg.max_grad_norm)
+        loss_sum = torch.zeros(())
+        share = process_share(np.arange(len(batch)), accelerator)
+        for micro in micro_batches(share, len(batch), optim_cfg.micro_batch, accelerator):
+            weight = len(micro) / len(batch)
+            if len(micro) == 0:  # keep collectives paired: a zero-weight pass over one sample
+                micro = np.arange(1)
+            loss = sft_loss(policy, images_all[micro], [dataset.instructions[i] for i in batch[micro]],
+                            targets_all[batch[micro]], config.label_sigma_bins, model=model)
+            # Gradients are averaged over processes: scale by the world size to get the global batch mean.
+            accelerator.backward(loss * weight * world)
+            loss_sum += loss.detach().cpu() * weight
+        last_loss = finite_or_raise(float(accelerator.reduce(loss_sum.to(accelerator.device), "sum")), step)
+        grad_norm = accelerator.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], optim_cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         bar.set_postfix(loss=f"{last_loss:.3f}")
@@ -116,11 +136,11 @@ def train_sft(
                  "train/lr": scheduler.get_last_lr()[0],
                  "charts/samples_per_s": step * optim_cfg.batch_size / (time.perf_counter() - start)}, step)
         if step in checkpoint_steps and on_checkpoint is not None:
-            policy.eval()
-            on_checkpoint(step, step / total_steps)
-            policy.train()
+            model.eval()
+            on_checkpoint(step, step / total_steps, model)
+            model.train()
     bar.close()
-    policy.eval()
+    model.eval()
     elapsed = time.perf_counter() - start
     return {"train/loss": last_loss, "train/steps": total_steps, "train/seconds": elapsed,
             "train/samples_per_s": total_steps * optim_cfg.batch_size / max(elapsed, 1e-9)}

@@ -225,7 +225,7 @@ def _train_on_reach(policy, seed=0):
         summary = train_reinforce(policy, np.array([[0.0, 0.0], [0.02, 0.0]]), config, task="pick-can",
                                   unnorm_key="fake", vector_env=env, progress=False,
                                   log=lambda stats, it: logs.append((it, dict(stats))),
-                                  on_checkpoint=lambda it, frac: checkpoints.append((it, frac)))
+                                  on_checkpoint=lambda it, frac, model: checkpoints.append((it, frac)))
     finally:
         env.close()
     return summary, logs, checkpoints

@@ -174,7 +174,7 @@ def test_train_sft_lowers_the_loss_and_checkpoints_evenly(sft_start):
     calls, logs = [], []
     config = SFTConfig(OptimConfig(learning_rate=1e-3, batch_size=16, warmup_steps=2), epochs=3, checkpoints=3)
     summary = train_sft(policy, dataset, config, unnorm_key="demo", progress=False,
-                        on_checkpoint=lambda step, frac: calls.append((step, frac, policy.training)),
+                        on_checkpoint=lambda step, frac, model: calls.append((step, frac, model.training)),
                         log=lambda metrics, step: logs.append((step, metrics)))
     after = _full_loss(policy, dataset)
     # 64 samples / batch 16 = 4 steps per epoch, 3 epochs = 12 steps; checkpoints at 4, 8, 12 (in eval mode).
@@ -190,7 +190,7 @@ def test_max_steps_caps_training(sft_start):
     calls = []
     config = SFTConfig(OptimConfig(batch_size=16), epochs=10, max_steps=3, checkpoints=2)
     summary = train_sft(copy.deepcopy(sft_start), _dataset(), config, unnorm_key="demo", progress=False,
-                        on_checkpoint=lambda step, frac: calls.append(step))
+                        on_checkpoint=lambda step, frac, model: calls.append(step))
     assert summary["train/steps"] == 3 and calls == [2, 3]  # round(1.5) = 2 (banker's), round(3) = 3
 
 
