@@ -191,7 +191,9 @@ def _read_tokenizer(path: Path):
 
 
 # ---- project checkpoints ----
-def save_policy(policy: VLAPolicy, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def save_policy(
+    policy: VLAPolicy, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
     """Write model.safetensors, config.json, tokenizer.json and norm_stats.json into `directory`.
 
     `state_dict` replaces the policy's own weights (e.g. gathered from FSDP shards).
@@ -207,7 +209,7 @@ def save_policy(policy: VLAPolicy, directory: str | Path, state_dict: dict[str, 
     (directory / "norm_stats.json").write_text(json.dumps(norm_stats, indent=2))
     policy.processor.tokenizer.save(str(directory / "tokenizer.json"))
     save_file(
-        {k: v.detach().contiguous().cpu() for k, v in (state_dict if state_dict is not None else policy.state_dict()).items()},
+        {k: v.detach().contiguous().cpu() for k, v in (state_dict or policy.state_dict()).items()},
         str(directory / "model.safetensors"),
     )
 

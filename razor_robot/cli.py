@@ -78,12 +78,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from razor_robot.evaluation import EnvPool
     from razor_robot.experiment import base_checkpoint, base_evaluation
 
     config = _load_config(args.config, args.set)
     out = Path(args.out or Path("runs") / config.name)
-    with EnvPool(config.backend, config.env, config.num_workers) as pool:
+    with config.env_pool() as pool:
         base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
         scores, _ = base_evaluation(config, base_dir, out, pool, progress=not args.no_progress)
     summary = {k: v for k, v in scores.items() if k != "per_position"}
@@ -92,7 +91,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_collect(args: argparse.Namespace) -> None:
     from razor_robot.data import save_dataset
-    from razor_robot.evaluation import EnvPool
     from razor_robot.experiment import collect_demos
     from razor_robot.policies.action_tokenizer import compute_norm_stats
 
@@ -100,7 +98,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     grid, _ = config.positions()
     task = args.task or config.eval.new_task
     positions = grid if task == config.eval.new_task else None
-    with EnvPool(config.backend, config.env, config.num_workers) as pool:
+    with config.env_pool() as pool:
         dataset, cached = collect_demos(config, task, positions, config.demos.episodes_per_point, config.demos.seed,
                                         pool, progress=not args.no_progress)
     dataset.meta["norm_stats"] = {config.unnorm_key: _jsonable(compute_norm_stats(dataset.actions))}
@@ -126,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from razor_robot.evaluation import EnvPool, evaluate_policy
+    from razor_robot.evaluation import evaluate_policy
     from razor_robot.experiment import adapter_factory_for, base_checkpoint, base_evaluation, load_for_training
     from razor_robot.metrics import action_token_distances
 
@@ -136,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     _, positions = config.positions()
     spec = dataclasses.replace(config.inference_policy(), lora=None)
     policy = load_for_training(args.checkpoint, spec)
-    with EnvPool(config.backend, config.env, config.num_workers) as pool:
+    with config.env_pool() as pool:
         scores, _ = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
                                     adapter_factory=adapter_factory_for(config.backend),
                                     progress=not args.no_progress)

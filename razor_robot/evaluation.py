@@ -44,14 +44,17 @@ class EvalConfig:
 class EnvPool:
     """One vector env per task, kept open across evaluations and RL iterations (worker start-up is slow)."""
 
-    def __init__(self, backend: str, env_options: dict[str, Any], num_workers: int):
+    def __init__(self, backend: str, env_options: dict[str, Any], num_workers: int, *,
+                 engine: str = "subprocess", ray_num_cpus: float = 1.0):
         self.backend, self.env_options, self.num_workers = backend, env_options, num_workers
+        self.engine, self.ray_num_cpus = engine, ray_num_cpus
         self._envs: dict[str, Any] = {}
 
     def get(self, task: str):
         if task not in self._envs:
-            self._envs[task] = make_vector_env(default_env_factory(task, self.backend, **self.env_options),
-                                               self.num_workers)
+            factory = default_env_factory(task, self.backend, **self.env_options)
+            self._envs[task] = make_vector_env(factory, self.num_workers, engine=self.engine,
+                                               ray_num_cpus=self.ray_num_cpus)
         return self._envs[task]
 
     def close(self) -> None:

@@ -151,6 +151,8 @@ class RaySpec:
     """CPUs per run."""
     num_gpus: float = 0
     """GPUs per run."""
+    env_num_cpus: float = 1
+    """CPUs per env actor when ``rollout_engine`` is ray."""
 
 
 @dataclass
@@ -213,6 +215,8 @@ class SweepConfig:
     """RL sweep."""
     engine: str = "local"
     """"local" (runs in this process, one after another) or "ray" (each run a Ray task)."""
+    rollout_engine: str = "subprocess"
+    """Env workers: "subprocess" (this machine) or "ray" (Ray actors, e.g. CPU-only SimplerEnv on a cluster)."""
     ray: RaySpec = field(default_factory=RaySpec)
     """Ray resources."""
     wandb: WandbSpec = field(default_factory=WandbSpec)
@@ -228,6 +232,11 @@ class SweepConfig:
         check_backend(self.backend)
         if self.engine not in ("local", "ray"):
             raise ValueError(f"engine must be local or ray, got {self.engine!r}")
+        from razor_robot.rollout import ROLLOUT_ENGINES
+
+        if self.rollout_engine not in ROLLOUT_ENGINES:
+            raise ValueError(f"rollout_engine must be one of {', '.join(ROLLOUT_ENGINES)}, "
+                             f"got {self.rollout_engine!r}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
         if not self.seeds:
@@ -246,6 +255,11 @@ class SweepConfig:
         weights when training computes in bf16 over fp32 master weights (as the RL rollouts do)."""
         dtype = "bfloat16" if self.distributed.mixed_precision == "bf16" else self.policy.dtype
         return dataclasses.replace(self.policy, gradient_checkpointing=False, dtype=dtype)
+
+    def env_pool(self, num_workers: int | None = None) -> EnvPool:
+        """The configured env workers (``num_workers`` of them unless given), one vector env per task."""
+        return EnvPool(self.backend, self.env, num_workers or self.num_workers, engine=self.rollout_engine,
+                       ray_num_cpus=self.ray.env_num_cpus)
 
     def cache_root(self) -> Path:
         root = self.cache_dir or os.environ.get("RAZOR_ROBOT_CACHE") or Path.home() / ".cache" / "razor-robot"

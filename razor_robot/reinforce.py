@@ -10,8 +10,9 @@ Each iteration:
 
 Loss normalisation: the iteration's N steps (zero-advantage steps included) are shuffled into
 ceil(N / ``optim.batch_size``) minibatches of equal size (within one step), one optimiser step each; a
-minibatch's loss is the sum of A * log π over its steps divided by the number of steps in the minibatch. Zero-advantage steps contribute exactly zero to that sum, so
-they are counted in the denominator but never run through the model.
+minibatch's loss is the sum of A * log π over its steps divided by the number of steps in the minibatch.
+Zero-advantage steps contribute exactly zero to that sum, so they are counted in the denominator but never run
+through the model.
 
 Variants (``RLConfig.variant``):
   - ``"reinforce"``: the paper's algorithm above.

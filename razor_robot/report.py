@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from razor_robot.acting import VLAActor
-from razor_robot.evaluation import EnvPool
 from razor_robot.experiment import SweepConfig, adapter_factory_for, load_for_training
 from razor_robot.frontier import plot_frontier, plot_kl_forgetting, summary_table
 from razor_robot.rollout import EpisodeRequest, rollout
@@ -32,12 +31,13 @@ def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Pa
     episodes = config.report.video_episodes
     tasks = [config.eval.new_task] + list(config.eval.prior_tasks[:1])
     written = []
-    with EnvPool(config.backend, config.env, min(config.num_workers, episodes)) as pool:
+    with config.env_pool(min(config.num_workers, episodes)) as pool:
         for method in ("sft", "rl"):
             best = best_checkpoint(records, method)
             if best is None:
                 continue
-            policy = load_for_training(best["checkpoint"], dataclasses.replace(config.inference_policy(), lora=None))
+            spec = dataclasses.replace(config.inference_policy(), lora=None)
+            policy = load_for_training(best["checkpoint"], spec)
             actor = VLAActor(policy, unnorm_key=config.unnorm_key, temperature=config.eval.temperature,
                              adapter_factory=adapter_factory_for(config.backend))
             for task in tasks:

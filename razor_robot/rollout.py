@@ -103,8 +103,13 @@ def default_env_factory(task: str, backend: str = "metaworld", **env_options: An
     return functools.partial(make_env, task, backend, **env_options)
 
 
-def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int) -> gym.vector.VectorEnv:
-    """``num_workers`` subprocess workers, one env each.
+ROLLOUT_ENGINES = ("subprocess", "ray")
+
+
+def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int, *, engine: str = "subprocess",
+                    ray_num_cpus: float = 1.0) -> gym.vector.VectorEnv:
+    """``num_workers`` workers, one env each: subprocesses of this machine, or Ray actors (``engine="ray"``,
+    ``ray_num_cpus`` CPUs each; see razor_robot.ray_envs).
 
     Even a single env runs in a subprocess: software rendering (Mesa llvmpipe) loads its own LLVM into the
     process that renders, and torch's later import of triton (another LLVM) then segfaults. Keeping every
@@ -112,6 +117,12 @@ def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int) -> gym
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if engine not in ROLLOUT_ENGINES:
+        raise ValueError(f"rollout engine must be one of {', '.join(ROLLOUT_ENGINES)}, got {engine!r}")
+    if engine == "ray":
+        from razor_robot.ray_envs import RayVectorEnv
+
+        return RayVectorEnv(env_factory, num_workers, num_cpus=ray_num_cpus)
     fns = [functools.partial(_make_worker_env, env_factory, i) for i in range(num_workers)]
     return gym.vector.AsyncVectorEnv(fns, context="spawn" if _fork_unsafe() else None)
 

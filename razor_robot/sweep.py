@@ -105,7 +105,8 @@ class RunLogger:
 
 
 def execute_run(config: SweepConfig, run: RunSpec, base_dir: str, kl_obs_path: str, out_dir: str,
-                demos_dir: str | None = None, progress: bool = True, accelerator: Any = None) -> list[dict[str, Any]]:
+                demos_dir: str | None = None, progress: bool = True,
+                accelerator: Any = None) -> list[dict[str, Any]]:
     """Train one run, saving its checkpoints, then evaluate each (new task, prior tasks, action-token distances).
 
     Evaluation comes after training, on the main process only: under FSDP the other processes need not hold
@@ -124,7 +125,7 @@ def execute_run(config: SweepConfig, run: RunSpec, base_dir: str, kl_obs_path: s
     device, _ = resolve_device(config.policy)
     accelerator = accelerator or make_accelerator(config.distributed, cpu=device == "cpu")
     # Several processes: load on the CPU and let the accelerator place (DDP) or shard (FSDP) the weights.
-    policy = load_for_training(base_dir, config.policy, **({"device": "cpu"} if accelerator.num_processes > 1 else {}))
+    policy = load_for_training(base_dir, config.policy, device="cpu" if accelerator.num_processes > 1 else None)
     grid, _ = config.positions()
     adapter = adapter_factory_for(config.backend)
     logger = RunLogger(config, run, out) if accelerator.is_main_process else None
@@ -138,7 +139,7 @@ def execute_run(config: SweepConfig, run: RunSpec, base_dir: str, kl_obs_path: s
             policy.save_pretrained(directory, state_dict=state)
         checkpoints.append((step, fraction, directory, time.perf_counter() - start))
 
-    with EnvPool(config.backend, config.env, config.num_workers) as pool:  # envs start on first use
+    with config.env_pool() as pool:  # envs start on first use
         if run.method == "sft":
             train_sft(policy, load_dataset(demos_dir), run.config, unnorm_key=config.unnorm_key,
                       on_checkpoint=on_checkpoint, log=logger, progress=progress, accelerator=accelerator)
@@ -251,7 +252,7 @@ def _prepare_stages(config: SweepConfig, runs: list[RunSpec], out: Path, results
                     log: Callable[[str], None]) -> tuple[str, str, str, str | None]:
     """Base policy, its evaluation and record, SFT demonstrations -> the arguments of ``execute_run``."""
     start = time.perf_counter()
-    with EnvPool(config.backend, config.env, config.num_workers) as pool:
+    with config.env_pool() as pool:
         base_dir = base_checkpoint(config, pool, progress=progress, log=log)
         base_scores, kl_obs = base_evaluation(config, base_dir, out, pool, progress=progress)
         if not any(r.get("method") == "base" for r in read_records(results)):

@@ -149,6 +149,8 @@ def test_distributed_config_errors_are_one_line():
         from_dict(SweepConfig, {"distributed": {"strategy": "zero3"}}, "cfg")
     with pytest.raises(ConfigError, match="accelerate launch"):
         from_dict(SweepConfig, {"engine": "ray", "distributed": {"strategy": "fsdp"}}, "cfg")
+    with pytest.raises(ConfigError, match="rollout_engine must be one of subprocess, ray, got 'mpi'"):
+        from_dict(SweepConfig, {"rollout_engine": "mpi"}, "cfg")
 
 
 def test_one_process_accelerator_leaves_the_policy_unwrapped():

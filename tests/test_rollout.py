@@ -72,3 +72,32 @@ def test_rollout_rejects_mixed_tasks_and_bad_workers():
                 env_factory=make_reach_env)
     with pytest.raises(ValueError, match="num_workers"):
         make_vector_env(make_reach_env, 0)
+
+
+@pytest.mark.slow
+def test_ray_actor_workers_give_the_same_episodes_as_subprocess_workers():
+    ray = pytest.importorskip("ray")
+    import os
+
+    requests = [EpisodeRequest("pick-can", seed=s, object_xy=(0.5 if s % 2 == 0 else 0.1 * s, 0.0))
+                for s in range(5)]
+    expected = rollout(requests, move_right, env_factory=make_reach_env, num_workers=2, progress=False)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))  # fake_envs must import inside the actors
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+    try:
+        vector_env = make_vector_env(make_reach_env, 2, engine="ray")
+        try:
+            assert vector_env.num_envs == 2 and vector_env.get_attr("task_spec")[0].horizon == 5
+            got = rollout(requests, move_right, vector_env=vector_env, progress=False)
+        finally:
+            vector_env.close()
+    finally:
+        ray.shutdown()
+    assert [t.success for t in got] == [True, False, True, False, True]
+    for a, b in zip(got, expected):
+        assert (a.seed, a.object_xy, a.success, a.instruction) == (b.seed, b.object_xy, b.success, b.instruction)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.step_success, b.step_success)
+        np.testing.assert_array_equal(a.extras["step_seen"], b.extras["step_seen"])
