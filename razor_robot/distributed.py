@@ -88,6 +88,8 @@ def make_accelerator(spec: DistributedSpec | None = None, *, cpu: bool | None = 
     spec = spec or DistributedSpec()
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    if spec.strategy == "fsdp" and cpu:
+        raise ValueError("distributed.strategy fsdp needs CUDA GPUs; use ddp (or none) on the CPU")
     kwargs_handlers = [
         InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=spec.timeout_minutes)),
         # the vision towers' last block never gets a gradient (features come from the block before it)

@@ -343,7 +343,7 @@ def load_for_training(path_or_name: str, spec: PolicySpec, *, device: str | None
     policy = load_policy(path_or_name, device=device, dtype=getattr(torch, dtype), **{**spec.overrides, **overrides})
     if spec.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-    if spec.lora is not None:
+    if spec.lora is not None and policy.lora_config is None:  # a LoRA checkpoint comes with its adapters
         policy.enable_lora(r=spec.lora.r, alpha=spec.lora.alpha, target_modules=spec.lora.target_modules,
                            dropout=spec.lora.dropout)
     return policy

@@ -109,10 +109,11 @@ def test_sigkill_mid_sweep_then_rerun_has_every_run_once(tmp_path, cache_dir):
     assert records[: len(interrupted)] == interrupted  # what was computed before the kill is kept
 
 
-def test_ray_engine_runs_each_run_as_a_task(tmp_path, cache_dir):
+def test_ray_engine_runs_each_run_as_a_task_with_env_actors(tmp_path, cache_dir):
     ray = pytest.importorskip("ray")
-    config = write_config(tmp_path, cache_dir, engine="ray", ray={"num_cpus": 1},
-                          report={"videos": False},
+    # Runs are Ray tasks and their env workers Ray actors (0 CPUs each so two runs fit on 2 CPUs).
+    config = write_config(tmp_path, cache_dir, engine="ray", ray={"num_cpus": 1, "env_num_cpus": 0},
+                          rollout_engine="ray", report={"videos": False},
                           sft={"config": MINI["sft"]["config"], "grid": {"optim.learning_rate": [1e-4]}})
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -142,3 +143,15 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, mo
     assert len(failed) == 1 and failed[0]["reason"] == "NonFiniteLossError: non-finite loss nan at step 3"
     assert len({r["run_id"] for r in checkpoint_records(records)}) == EXPECTED_RUNS - 1
     assert "failed run" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+def test_lora_run_saves_adapters_and_measures_the_distance_to_the_base(tmp_path, cache_dir):
+    config = write_config(tmp_path, cache_dir, policy={**MINI["policy"], "lora": {"r": 4, "alpha": 8}},
+                          report={"videos": False})
+    out = tmp_path / "out"
+    assert main(["train", "sft", str(config), "--out", str(out), "--no-progress",
+                 "--set", "sft.config.optim.learning_rate=1e-3"]) == 0
+    runs = checkpoint_records(read_records(out / "results.jsonl"))
+    assert len(runs) == 2 and all(r["kl/forward"] > 0 for r in runs)
+    saved = json.loads((Path(runs[-1]["checkpoint"]) / "config.json").read_text())
+    assert saved["lora"]["r"] == 4
