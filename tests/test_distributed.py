@@ -159,6 +159,8 @@ def test_one_process_accelerator_leaves_the_policy_unwrapped():
     accelerator = make_accelerator(DistributedSpec(), cpu=True)
     policy = _policy()
     assert accelerator.num_processes == 1 and accelerator.prepare(policy) is policy
+    with pytest.raises(ValueError, match="fsdp needs CUDA GPUs"):
+        make_accelerator(DistributedSpec(strategy="fsdp"), cpu=True)
 
 
 if __name__ == "__main__":
