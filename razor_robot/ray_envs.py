@@ -15,6 +15,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 
+def require_ray():
+    """The ray module, or a one-line MissingDependencyError with the install hint."""
+    try:
+        import ray
+    except ImportError:
+        from razor_robot.envs import MissingDependencyError
+
+        raise MissingDependencyError("ray", 'pip install "razor-robot[ray]"') from None
+    return ray
+
+
 class _EnvActor:
     """Holds one worker env (wrapped like the subprocess workers) inside a Ray actor."""
 
@@ -62,8 +73,7 @@ class RayVectorEnv:
     """``num_envs`` envs, each in its own Ray actor, stepped in lockstep."""
 
     def __init__(self, env_factory: Callable[[], Any], num_envs: int, *, num_cpus: float = 1.0):
-        import ray
-
+        ray = require_ray()
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if not ray.is_initialized():

@@ -207,9 +207,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
               log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the whole sweep; returns the results file."""
     from razor_robot.envs import require_backend
+    from razor_robot.ray_envs import require_ray
 
     runs = expand_runs(config)  # validates every run's config before any work
     require_backend(config.backend)
+    if "ray" in (config.engine, config.rollout_engine):
+        require_ray()
     accelerator = None
     if config.distributed.strategy != "none":  # under `accelerate launch`: every process runs this function
         from razor_robot.distributed import make_accelerator
@@ -272,12 +275,7 @@ def _prepare_stages(config: SweepConfig, runs: list[RunSpec], out: Path, results
 
 def _run_on_ray(config: SweepConfig, pending: list[RunSpec], args: tuple, results: Path, progress: bool) -> None:
     """Each run is a Ray task with declared CPU/GPU resources; records are appended as runs finish."""
-    try:
-        import ray
-    except ImportError:
-        from razor_robot.envs import MissingDependencyError
-
-        raise MissingDependencyError("ray", 'pip install "razor-robot[ray]"') from None
+    ray = require_ray()
     if not ray.is_initialized():
         ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)

@@ -46,6 +46,10 @@ def main() -> None:
     parser.add_argument("--kill-after", type=float, help="SIGKILL the first attempt after this many seconds")
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     args = parser.parse_args()
+    if not Path(args.config).is_file():
+        parser.error(f"config file not found: {args.config}")
+    if args.kill_after is not None and not args.kill_after > 0:
+        parser.error(f"--kill-after must be > 0 seconds, got {args.kill_after}")
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

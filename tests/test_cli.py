@@ -30,6 +30,7 @@ def no_work(monkeypatch):
         raise AssertionError("work started before the input was validated")
 
     monkeypatch.setattr("razor_robot.sweep.EnvPool", refuse)
+    monkeypatch.setattr("razor_robot.experiment.EnvPool", refuse)  # SweepConfig.env_pool()
     monkeypatch.setattr("razor_robot.evaluation.EnvPool", refuse)
     monkeypatch.setattr("razor_robot.rollout.rollout", refuse)
 
@@ -127,3 +128,22 @@ def test_missing_simulator_backend_names_the_install(capsys, tmp_path):
         pytest.skip("simpler_env is installed here")
     _fails(capsys, ["video", "--task", "pick-can", "--backend", "simpler", "--out", tmp_path / "x.mp4"],
            "simpler_env", "ManiSkill2_real2sim")
+
+
+@pytest.mark.parametrize("setting", ["engine=ray", "rollout_engine=ray"])
+def test_missing_ray_names_the_install_before_work(capsys, config_file, tmp_path, monkeypatch, setting):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if ray were not installed
+    _fails(capsys, ["sweep", config_file, "--set", setting, "--out", tmp_path / "out"],
+           "ray is not installed", 'pip install "razor-robot[ray]"')
+    assert not (tmp_path / "out").exists()
+
+
+def test_fsdp_without_gpus_is_one_line_before_work(capsys, config_file, tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("GPUs present: fsdp is allowed")
+    _fails(capsys, ["sweep", config_file, "--set", "distributed.strategy=fsdp", "--out", tmp_path / "out"],
+           "fsdp needs CUDA GPUs")
+    assert not (tmp_path / "out").exists()
