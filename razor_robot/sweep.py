@@ -275,6 +275,8 @@ def _prepare_stages(config: SweepConfig, runs: list[RunSpec], out: Path, results
 
 def _run_on_ray(config: SweepConfig, pending: list[RunSpec], args: tuple, results: Path, progress: bool) -> None:
     """Each run is a Ray task with declared CPU/GPU resources; records are appended as runs finish."""
+    from razor_robot.ray_envs import require_ray
+
     ray = require_ray()
     if not ray.is_initialized():
         ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=False,
