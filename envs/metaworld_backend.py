@@ -26,7 +26,6 @@ import atexit
 import ctypes.util
 import os
 import warnings
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -243,48 +242,90 @@ def _mesh_to_box(model: "mujoco.MjModel", g: int, mesh: int) -> None:
     model.geom_dataid[g] = -1
 
 
-_LIVE_RENDERERS: "weakref.WeakSet[_FrameRenderer]" = weakref.WeakSet()
-_EXIT_HOOK: list = []
+class _SharedGL:
+    """The process's one offscreen GL context and one MuJoCo render context per scene layout.
+
+    A software GL context (Mesa llvmpipe) costs ~70-140 MB of resident memory, so one per env would make a
+    worker holding a dozen envs weigh gigabytes. Envs of one task share a scene layout (the same compiled
+    MJCF and the same visual simplification), so they can share one ``MjrContext`` (the uploaded meshes and
+    textures): each env keeps only its own ``MjvScene``, built from its own model and data. Rendering through
+    the shared context gives images bit-identical to a ``mujoco.Renderer`` per env (tests/test_metaworld_env.py).
+    """
+
+    _instance: Optional["_SharedGL"] = None
+
+    def __init__(self) -> None:
+        from mujoco import gl_context
+
+        self._gl = gl_context.GLContext(MAX_SHARED_SIZE, MAX_SHARED_SIZE)
+        self._contexts: Dict[Tuple[str, int], "mujoco.MjrContext"] = {}
+        # mujoco's own atexit hook terminates the EGL display; free our contexts first (hooks run LIFO).
+        atexit.register(self.close)
+
+    @classmethod
+    def get(cls) -> "_SharedGL":
+        if cls._instance is None:
+            cls._instance = _SharedGL()
+        return cls._instance
+
+    def context(self, layout: Tuple[str, int], model: "mujoco.MjModel") -> "mujoco.MjrContext":
+        """The render context of a scene layout (task, image size), made from the first model that asks."""
+        if layout not in self._contexts:
+            self._gl.make_current()
+            context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150.value)
+            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, context)
+            self._contexts[layout] = context
+        return self._contexts[layout]
+
+    def make_current(self) -> None:
+        self._gl.make_current()
+
+    def close(self) -> None:
+        for context in self._contexts.values():
+            context.free()
+        self._contexts.clear()
+        if self._gl is not None:
+            self._gl.free()
+            self._gl = None
+        _SharedGL._instance = None
 
 
-def _close_live_renderers() -> None:
-    # An env never closed would free its EGL context in __del__ after mujoco's atexit hook has already
-    # terminated the EGL display, which prints a traceback. atexit runs hooks last-in first-out, so this
-    # one, registered after the first GL context exists, closes the renderers while EGL is still up.
-    for renderer in list(_LIVE_RENDERERS):
-        renderer.close()
-
-
-def _track(renderer: "_FrameRenderer") -> None:
-    _LIVE_RENDERERS.add(renderer)
-    if not _EXIT_HOOK:
-        atexit.register(_close_live_renderers)
-        _EXIT_HOOK.append(True)
+MAX_SHARED_SIZE = 1024
+"""Side of the shared GL context's default framebuffer (images render into each layout's offscreen buffer)."""
 
 
 class _FrameRenderer:
-    """One offscreen mujoco.Renderer with the project's fixed camera and cheap scene flags."""
+    """Renders one env's MjData through the process's shared GL context with the project's fixed camera."""
 
-    def __init__(self, model: "mujoco.MjModel", size: int, view: CameraView) -> None:
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-        self._renderer = mujoco.Renderer(model, size, size)
-        flags = self._renderer.scene.flags
-        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+    def __init__(self, model: "mujoco.MjModel", size: int, view: CameraView, layout: str) -> None:
+        # The offscreen buffer only needs the image's size; MuJoCo's default (640 x 480) costs read-back time.
+        model.vis.global_.offwidth = size
+        model.vis.global_.offheight = size
+        self._model = model
+        self._shared = _SharedGL.get()
+        self._context = self._shared.context((layout, size), model)
+        self._scene = mujoco.MjvScene(model, maxgeom=10_000)
+        self._scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        self._scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        self._rect = mujoco.MjrRect(0, 0, size, size)
         self._camera = view.to_mjv()
         self._option = mujoco.MjvOption()
         self._option.sitegroup[:] = 0  # goal markers would leak the answer into the image
         self._option.geomgroup[HIDDEN_GROUP] = 0
-        _track(self)
+        self._pixels = np.empty((size, size, 3), np.uint8)
 
     def render(self, data: "mujoco.MjData") -> np.ndarray:
-        self._renderer.update_scene(data, camera=self._camera, scene_option=self._option)
-        return self._renderer.render()  # (H, W, 3) uint8, row 0 = top of the image
+        mujoco.mjv_updateScene(self._model, data, self._option, None, self._camera,
+                               mujoco.mjtCatBit.mjCAT_ALL.value, self._scene)
+        self._shared.make_current()
+        # Contexts of other layouts share the GL context and rebind its framebuffer: bind ours every time.
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self._context)
+        mujoco.mjr_render(self._rect, self._scene, self._context)
+        mujoco.mjr_readPixels(self._pixels, None, self._rect, self._context)
+        return np.flipud(self._pixels).copy()  # (H, W, 3) uint8, row 0 = top of the image
 
     def close(self) -> None:
-        self._renderer.close()
-        _LIVE_RENDERERS.discard(self)
+        """Nothing per env to free: the GL and render contexts belong to the process."""
 
 
 # ------------------------------------------------------------------------------------------------ the env
@@ -378,8 +419,9 @@ class MetaWorldTaskEnv(gym.Env):
         if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
             shape = self.action_space.shape
             raise ValueError(f"action must be a finite array of shape {shape}, got {action!r}")
-        for _ in range(self.action_repeat):
-            state, _, _, _, inner_info = self._inner.step(a)
+        for k in range(self.action_repeat - 1):
+            self._substep(a, last=k == self.action_repeat - 2)
+        state, _, _, _, inner_info = self._inner.step(a)
         success = bool(inner_info["success"])
         self._state = state.astype(np.float32)
         self._t += 1
@@ -404,6 +446,26 @@ class MetaWorldTaskEnv(gym.Env):
         super().close()
 
     # -- helpers ---------------------------------------------------------------------------------------
+    def _substep(self, action: np.ndarray, last: bool) -> None:
+        """One repeated control step without Meta-World's observation and reward code.
+
+        Meta-World's step() spends ~0.4 ms per call in Python building the 39-d observation and the reward,
+        ~8x its physics; the repeats before the last one need only the physics. This is step() up to its
+        mj_forward (mocap target, gripper control, frame_skip physics steps, path length, goal sites), so the
+        simulation follows exactly the same states. The last repeat before the final step() records the hand
+        and object part of the observation, which Meta-World frame-stacks into the next observation. Equality
+        with plain step() calls is tested in tests/test_metaworld_env.py.
+        """
+        inner = self._inner
+        inner.set_xyz_action(action[:3])
+        inner.do_simulation([action[-1], -action[-1]], n_frames=inner.frame_skip)
+        inner.curr_path_length += 1
+        for site in inner._target_site_config:
+            inner._set_pos_site(*site)
+        mujoco.mj_forward(inner.model, inner.data)
+        if last:
+            inner._prev_obs = inner._get_curr_obs_combined_no_goal()
+
     def _rand_vec(self, object_xy: Optional[np.ndarray]) -> np.ndarray:
         """The Meta-World random vector for this episode, drawn from self.np_random when not given."""
         if self.task_spec.task == "pick-can":
@@ -417,7 +479,7 @@ class MetaWorldTaskEnv(gym.Env):
 
     def _image(self) -> np.ndarray:
         if self._renderer is None:
-            self._renderer = _FrameRenderer(self._inner.model, self.image_size, self.camera)
+            self._renderer = _FrameRenderer(self._inner.model, self.image_size, self.camera, self.task_spec.task)
         return self._renderer.render(self._inner.data)
 
     def _obs(self) -> Dict[str, np.ndarray]:

@@ -133,6 +133,69 @@ class Projector(nn.Module):
         return self.fc3(F.gelu(x)) if self.fused else x  # (B, P, H)
 
 
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, operation for operation (variance in fp32, the weight applied last)."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding x * cos + rotate_half(x) * sin, without materialising rotate_half: (B, h, T, d)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos[..., :half] - x2 * sin[..., :half], x2 * cos[..., half:] + x1 * sin[..., half:]), -1)
+
+
+def cached_decode(llm: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                  cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+    """Inference-only Llama decoder with a key/value cache: the same computation as transformers' LlamaModel.
+
+    transformers' decoder spends most of a small model's decoding time in its own plumbing (cache objects,
+    mask builders, keyword dispatch): for the ~1 M-parameter policy a one-token step costs ~2.5 ms there and
+    ~1.4 ms here at batch 16. The maths is LlamaModel's, operation for operation, calling the layers' own
+    projection modules (so LoRA adapters apply), and the hidden states are bit-identical in fp32
+    (tests/test_policy.py). Sampling only: training goes through ``VLAPolicy._decode``, where DDP/FSDP hooks
+    and gradient checkpointing see every decoder layer.
+
+    embeds (B, T, H) are the new tokens at RoPE ``positions`` (B, T); ``mask`` (B, T_past + T) marks real
+    tokens (0 = pad) of the whole sequence; ``cache`` holds each layer's (keys, values) of the T_past earlier
+    tokens. Returns (hidden states after the final norm (B, T, H), the cache including the new tokens).
+    """
+    config = llm.config
+    batch, length, width = embeds.shape
+    n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or width // n_heads
+    past = 0 if cache is None else cache[0][0].shape[2]
+    freqs = positions[..., None].float() * llm.rotary_emb.inv_freq  # (B, T, d/2)
+    angles = torch.cat((freqs, freqs), -1)[:, None]  # (B, 1, T, d)
+    scaling = llm.rotary_emb.attention_scaling
+    cos, sin = (angles.cos() * scaling).to(embeds.dtype), (angles.sin() * scaling).to(embeds.dtype)
+    attn_mask = None
+    if not bool(mask.all()):  # pads: a key must be real and not in the future
+        causal = torch.ones(length, past + length, dtype=torch.bool, device=mask.device).tril(past)
+        attn_mask = mask.bool()[:, None, None, :] & causal  # (B, 1, T, T_past + T)
+    x, new_cache = embeds, []
+    for index, layer in enumerate(llm.layers):
+        attn = layer.self_attn
+        h = _rms_norm(layer.input_layernorm, x)
+        q = attn.q_proj(h).view(batch, length, n_heads, head_dim).transpose(1, 2)  # (B, h, T, d)
+        k = attn.k_proj(h).view(batch, length, n_kv, head_dim).transpose(1, 2)  # (B, h_kv, T, d)
+        v = attn.v_proj(h).view(batch, length, n_kv, head_dim).transpose(1, 2)  # (B, h_kv, T, d)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if cache is not None:
+            k, v = torch.cat([cache[index][0], k], 2), torch.cat([cache[index][1], v], 2)  # (B, h_kv, T_all, d)
+        new_cache.append((k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=attn.scaling,
+                                             is_causal=attn_mask is None and length > 1,
+                                             enable_gqa=n_kv != n_heads)  # (B, h, T, d)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, length, n_heads * head_dim))
+        h = _rms_norm(layer.post_attention_layernorm, x)
+        mlp = layer.mlp
+        x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+    return _rms_norm(llm.norm, x), new_cache
+
+
 class VLAPolicy(nn.Module):
     """Vision-language-action policy; see the module docstring for the layout and docs/ARCHITECTURE.md."""
 
@@ -198,16 +261,17 @@ class VLAPolicy(nn.Module):
         ones = torch.ones(batch, 1 + patches.shape[1], dtype=torch.long, device=self.device)
         return embeds, torch.cat([ones, text_mask], dim=1)  # (B, T0, H), (B, T0)
 
-    def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache=None):
-        """Llama decoder on embeddings; a mask without pads is dropped so SDPA can use its causal kernel."""
+    def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
+        """transformers' Llama decoder on embeddings, without a cache (teacher-forced training and scoring, where
+        DDP/FSDP hooks and gradient checkpointing act on each decoder layer); a mask without pads is dropped so
+        SDPA can use its causal kernel. Returns the hidden states (B, T, H) and None (no cache)."""
         out = self.language_model.model(
             inputs_embeds=embeds,
             attention_mask=None if bool(mask.all()) else mask,
             position_ids=positions,
-            past_key_values=cache,
-            use_cache=cache is not None,
+            use_cache=False,
         )
-        return out.last_hidden_state, out.past_key_values  # (B, T, H), cache
+        return out.last_hidden_state, None  # (B, T, H)
 
     def _action_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., H) -> logits of the 256 action ids (..., 256)."""
@@ -257,6 +321,17 @@ class VLAPolicy(nn.Module):
         index = (self._check_tokens(action_tokens, logits.shape[0]) - self.action_token_offset).unsqueeze(-1)
         return F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1).sum(-1)  # (B,)
 
+    def final_hidden_state(self, images, instructions: Sequence[str]) -> torch.Tensor:
+        """The LLM's last-layer hidden state, after the final RMSNorm (LlamaModel's last_hidden_state), at the
+        position that predicts the first action token (the prompt's closing "▁"): (B, H).
+
+        The action head maps it to the first action token's logits; the representation of Table 1's
+        activation-change predictors (razor_robot/predictors.py).
+        """
+        embeds, mask = self._prefix(images, instructions)  # (B, T0, H), (B, T0)
+        hidden, _ = self._decode(embeds, mask, self.processor.pad_mask_positions(mask))  # (B, T0, H)
+        return hidden[:, -1]  # (B, H): pads sit before the prompt, so -1 is every row's "▁"
+
     def sample_actions(
         self,
         images,
@@ -264,47 +339,58 @@ class VLAPolicy(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         return_logits: bool = False,
+        uniforms=None,
     ):
         """Autoregressive action ids (B, D) with a KV cache; greedy at temperature 0.
 
+        Sampling draws from ``generator`` (torch.multinomial), or, given ``uniforms`` (B, D) in [0, 1), takes
+        for token d of row b the bin where the CDF of softmax(logits / T) first exceeds uniforms[b, d]
+        (inverse-CDF sampling): each row's tokens then depend on its own numbers only, not on the batch.
         With return_logits=True also returns the (B, D, 256) action logits seen at each step (fp32).
         """
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        tokens, logits = self._sample(images, instructions, float(temperature), generator)
+        if uniforms is not None:
+            uniforms = torch.as_tensor(uniforms, dtype=torch.float64)
+            if uniforms.shape != (self._check_batch(images, instructions), self.action_dim):
+                raise ValueError(f"uniforms must have shape (B, {self.action_dim}), got {tuple(uniforms.shape)}")
+        tokens, logits = self._sample(images, instructions, float(temperature), generator, uniforms)
         tokens, logits = tokens.clone(), logits.clone()  # ordinary tensors, usable in autograd code later
         return (tokens, logits) if return_logits else tokens
 
     @torch.inference_mode()
-    def _sample(self, images, instructions, temperature, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, images, instructions, temperature, generator, uniforms=None) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, mask = self._prefix(images, instructions)  # (B, T0, H), (B, T0)
         positions = self.processor.pad_mask_positions(mask)  # (B, T0)
-        hidden, cache = self._decode(embeds, mask, positions, cache=self._new_cache())
+        hidden, cache = cached_decode(self.language_model.model, embeds, positions, mask)
         embed = self.language_model.get_input_embeddings()
         steps_tokens, steps_logits = [], []
         for step in range(self.action_dim):
             logits = self._action_head(hidden[:, -1]).float()  # (B, 256)
-            index = self._choose(logits, temperature, generator)  # (B,)
+            u = None if uniforms is None else uniforms[:, step]  # (B,)
+            index = self._choose(logits, temperature, generator, u)  # (B,)
             steps_tokens.append(index + self.action_token_offset)
             steps_logits.append(logits)
             if step == self.action_dim - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, T + 1)
             positions = positions[:, -1:] + 1  # (B, 1)
-            hidden, cache = self._decode(embed(steps_tokens[-1][:, None]), mask, positions, cache)
+            hidden, cache = cached_decode(self.language_model.model, embed(steps_tokens[-1][:, None]), positions,
+                                          mask, cache)
         return torch.stack(steps_tokens, 1), torch.stack(steps_logits, 1)  # (B, D), (B, D, 256)
 
-    def _new_cache(self):
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.language_model.config)
-
     @staticmethod
-    def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                uniforms: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy or softmax(logits / T) sampling over the 256 action bins: (B, 256) -> (B,)."""
         if temperature == 0:
             return logits.argmax(-1)
         probs = F.softmax(logits / temperature, dim=-1)
+        if uniforms is not None:
+            cdf = probs.double().cumsum(-1)  # (B, K)
+            # First bin whose CDF exceeds u * total: never a zero-probability bin, never past the last bin.
+            target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+            return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
         if generator is not None and generator.device != probs.device:
             return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

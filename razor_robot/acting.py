@@ -7,42 +7,60 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from razor_robot.rollout import EpisodeRequest
+
 
 class VLAActor:
     """``BatchPolicy`` over a VLA: tokens ~ π(·|image, instruction), then un-normalise and adapt per backend.
 
     The sampled tokens come back as the per-step extra ``"tokens"`` (N, D) so that RL can score them later.
     ``temperature=0`` is greedy decoding (evaluation, as OpenVLA's ``predict_action``); 1.0 samples on-policy.
+
+    Every episode draws its samples from its own stream, seeded by (``seed``, the request's env seed), and
+    keeps its own action adapter (the sticky gripper of the Google robot holds state): an episode's actions
+    depend on its request and observations only, however the engine batches episodes.
     """
 
     def __init__(self, policy: Any, *, unnorm_key: str, temperature: float = 0.0, seed: int = 0,
                  adapter_factory: Callable[[], Any] | None = None, batch_size: int = 64):
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.policy = policy
         self.unnorm_key = unnorm_key
         self.temperature = temperature
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
         self.adapter_factory = adapter_factory
         self.batch_size = batch_size
-        self._adapters: list[Any] = []
+        self._streams: dict[int, np.random.Generator] = {}
+        self._adapters: dict[int, Any] = {}
 
-    def reset(self) -> None:
-        self._adapters = []
+    def start_episode(self, slot: int, request: EpisodeRequest) -> None:
+        self._streams[slot] = np.random.default_rng([self.seed % 2**63, int(request.seed) % 2**63])
+        if self.adapter_factory is not None:
+            adapter = self.adapter_factory()
+            adapter.reset()
+            self._adapters[slot] = adapter
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str]):
+    def __call__(self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str],
+                 slots: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        dim = self.policy.action_dim
+        uniforms = None
+        if self.temperature > 0:
+            uniforms = np.stack([self._streams[s].random(dim) for s in slots])  # (N, D) in [0, 1)
         was_training = self.policy.training
         self.policy.eval()
         try:
             tokens = torch.cat([
-                self.policy.sample_actions(images[i:i + self.batch_size], list(instructions[i:i + self.batch_size]),
-                                           temperature=self.temperature, generator=self.generator).cpu()
+                self.policy.sample_actions(
+                    images[i:i + self.batch_size], list(instructions[i:i + self.batch_size]),
+                    temperature=self.temperature,
+                    uniforms=None if uniforms is None else uniforms[i:i + self.batch_size]).cpu()
                 for i in range(0, len(images), self.batch_size)
             ])  # (N, D)
         finally:
             self.policy.train(was_training)
         actions = np.asarray(self.policy.tokens_to_actions(tokens, self.unnorm_key), np.float32)  # (N, D)
         if self.adapter_factory is not None:
-            if len(self._adapters) != len(actions):
-                self._adapters = [self.adapter_factory() for _ in range(len(actions))]
-            actions = np.stack([a(action) for a, action in zip(self._adapters, actions)]).astype(np.float32)
+            actions = np.stack([self._adapters[s](a) for s, a in zip(slots, actions)]).astype(np.float32)
         return actions, {"tokens": tokens.numpy()}

@@ -167,7 +167,7 @@ def cmd_frontier(args: argparse.Namespace) -> None:
 
 def cmd_video(args: argparse.Namespace) -> None:
     from razor_robot.envs import eval_positions, position_ranges, require_backend, task_spec
-    from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, default_env_factory, rollout
+    from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, rollout
     from razor_robot.video import write_rollout_video
 
     task_spec(args.task, args.backend)  # one-line error on an unknown task/backend
@@ -197,9 +197,8 @@ def cmd_video(args: argparse.Namespace) -> None:
         xy = eval_positions(args.episodes, seed=args.seed, x_range=x_range, y_range=y_range, backend=args.backend)
     requests = [EpisodeRequest(args.task, args.seed + i, tuple(map(float, xy[i])) if with_positions else None)
                 for i in range(args.episodes)]
-    factory = default_env_factory(args.task, args.backend, image_size=args.image_size)
-    trajectories = rollout(requests, policy, env_factory=factory, num_workers=args.workers,
-                           progress=not args.no_progress)
+    trajectories = rollout(requests, policy, backend=args.backend, env_options={"image_size": args.image_size},
+                           num_workers=args.workers, progress=not args.no_progress)
     path = write_rollout_video(trajectories, args.out, fps=args.fps, tile_size=args.tile)
     successes = sum(t.success for t in trajectories)
     print(f"{path}: {len(trajectories)} episodes of {args.task}, {successes} successful")

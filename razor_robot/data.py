@@ -114,12 +114,13 @@ def trajectories_to_dataset(trajectories: Sequence[Trajectory], grid_index: Sequ
     )
 
 
-def collect(plan: CollectionPlan, make_demonstrator: Callable[[], Any], *, backend: str = "metaworld",
-            env_options: dict[str, Any] | None = None, num_workers: int = 1, vector_env=None,
+def collect(plan: CollectionPlan, make_demonstrator: Callable[[], Any], *, pool: Any = None,
+            backend: str = "metaworld", env_options: dict[str, Any] | None = None, num_workers: int | None = None,
             progress: bool = True) -> tuple[list[Trajectory], list[int], dict[str, int]]:
     """Run the demonstrator until ``plan.episodes_per_point`` successes per point (or attempts run out).
 
-    Returns the kept trajectories, their grid indices (-1 without positions) and the shortfall per point.
+    Episodes run on ``pool`` (a razor_robot.env_pool.EnvPool), or on a pool made for this call. Returns the
+    kept trajectories, their grid indices (-1 without positions) and the shortfall per point.
     """
     points = [None] if plan.positions is None else [tuple(map(float, p)) for p in plan.positions]
     wanted = {i: plan.episodes_per_point for i in range(len(points))}
@@ -140,9 +141,8 @@ def collect(plan: CollectionPlan, make_demonstrator: Callable[[], Any], *, backe
                 owners.append(i)
                 next_seed += 1
                 attempts[i] += 1
-        trajectories = rollout(requests, policy, backend=backend, env_options=env_options,
-                               num_workers=num_workers, vector_env=vector_env,
-                               progress=f"collect {plan.task}" if progress else False)
+        trajectories = rollout(requests, policy, pool=pool, backend=backend, env_options=env_options,
+                               num_workers=num_workers, progress=f"collect {plan.task}" if progress else False)
         for owner, trajectory in zip(owners, trajectories):
             if trajectory.success and wanted[owner] > 0:
                 kept.append(trajectory)

@@ -20,7 +20,8 @@ import numpy as np
 
 from razor_robot.config import ConfigError, config_hash, from_dict, set_dotted, to_dict
 from razor_robot.distributed import DistributedSpec
-from razor_robot.evaluation import EnvPool, EvalConfig, evaluate_policy, kl_observations
+from razor_robot.env_pool import EnvPool
+from razor_robot.evaluation import EvalConfig, evaluate_policy, kl_observations
 from razor_robot.reinforce import RLConfig
 from razor_robot.sft import SFTConfig
 
@@ -191,8 +192,11 @@ class SweepConfig:
     """Simulator backend: metaworld (embedded, CPU) or simpler (SimplerEnv, paper)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Every run is repeated for each seed."""
-    num_workers: int = 2
-    """Parallel env workers for rollouts."""
+    num_workers: int | None = None
+    """Env worker processes for rollouts (None: one per CPU this process may use)."""
+    envs_per_worker: int = 8
+    """Env slots per worker process; the rollout engine overlaps the policy on one half of all slots with the
+    simulation of the other half (razor_robot.env_pool)."""
     env: dict[str, Any] = field(default_factory=lambda: {"image_size": 64})
     """Options for ``make_env`` (image_size, success_mode, backend options)."""
     position_range: str = "default"
@@ -232,13 +236,14 @@ class SweepConfig:
         check_backend(self.backend)
         if self.engine not in ("local", "ray"):
             raise ValueError(f"engine must be local or ray, got {self.engine!r}")
-        from razor_robot.rollout import ROLLOUT_ENGINES
+        from razor_robot.env_pool import ENGINES
 
-        if self.rollout_engine not in ROLLOUT_ENGINES:
-            raise ValueError(f"rollout_engine must be one of {', '.join(ROLLOUT_ENGINES)}, "
-                             f"got {self.rollout_engine!r}")
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.rollout_engine not in ENGINES:
+            raise ValueError(f"rollout_engine must be one of {', '.join(ENGINES)}, got {self.rollout_engine!r}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1 (or null: one per CPU), got {self.num_workers}")
+        if self.envs_per_worker < 1:
+            raise ValueError(f"envs_per_worker must be >= 1, got {self.envs_per_worker}")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
         if self.engine == "ray" and self.distributed.strategy != "none":
@@ -256,10 +261,10 @@ class SweepConfig:
         dtype = "bfloat16" if self.distributed.mixed_precision == "bf16" else self.policy.dtype
         return dataclasses.replace(self.policy, gradient_checkpointing=False, dtype=dtype)
 
-    def env_pool(self, num_workers: int | None = None) -> EnvPool:
-        """The configured env workers (``num_workers`` of them unless given), one vector env per task."""
-        return EnvPool(self.backend, self.env, num_workers or self.num_workers, engine=self.rollout_engine,
-                       ray_num_cpus=self.ray.env_num_cpus)
+    def env_pool(self) -> EnvPool:
+        """The configured env workers: one pool for every task, started on first use (razor_robot.env_pool)."""
+        return EnvPool(self.backend, self.env, num_workers=self.num_workers, envs_per_worker=self.envs_per_worker,
+                       engine=self.rollout_engine, ray_num_cpus=self.ray.env_num_cpus)
 
     def cache_root(self) -> Path:
         root = self.cache_dir or os.environ.get("RAZOR_ROBOT_CACHE") or Path.home() / ".cache" / "razor-robot"
@@ -271,8 +276,9 @@ class SweepConfig:
 
         x_range, y_range = position_ranges(self.backend, self.position_range)
         grid = grid_positions(self.demos.grid_size, x_range=x_range, y_range=y_range, backend=self.backend)
-        evals = eval_positions(self.eval.new_task_positions, seed=self.eval.position_seed, x_range=x_range,
-                               y_range=y_range, backend=self.backend)
+        n_new, _, _ = self.eval.plan()
+        evals = eval_positions(n_new, seed=self.eval.position_seed, x_range=x_range, y_range=y_range,
+                               backend=self.backend)
         return grid, evals
 
 
@@ -383,7 +389,7 @@ def collect_demos(config: SweepConfig, task: str, positions: np.ndarray | None, 
         pass
     plan = CollectionPlan(task, episodes_per_point, positions, config.demos.max_attempts_factor, seed)
     factory = demonstrator_factory(task, config.backend, config.demos.demonstrator_options)
-    kept, grid_index, shortfall = collect(plan, factory, vector_env=pool.get(task), progress=progress)
+    kept, grid_index, shortfall = collect(plan, factory, pool=pool, progress=progress)
     if not kept:
         raise RuntimeError(f"the {config.demos.demonstrator} demonstrator succeeded on no {task} episode")
     dataset = trajectories_to_dataset(kept, grid_index)
@@ -429,6 +435,7 @@ def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True
                                    progress=progress)
         parts.append(dataset)
     data = DemoDataset.concatenate(parts)
+    pool.release()  # no env steps while the base trains: free the workers' memory and cores
     policy = load_for_training(config.policy.name, dataclasses.replace(config.policy, lora=None),
                                action_dim=int(data.actions.shape[1]))
     # The gripper command (last dimension) is already in [-1, 1] and binary-like: left un-normalised, as OpenVLA
@@ -457,7 +464,8 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
     scores, trajectories = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
                                            adapter_factory=adapter_factory_for(config.backend),
                                            keep_new_task_images=True, progress=progress)
-    images, instructions = kl_observations(trajectories, config.eval.kl_observation_stride)
+    new_task = [t for t in trajectories if t.task == config.eval.new_task]
+    images, instructions = kl_observations(new_task, config.eval.kl_observation_stride)
     if len(images) > config.kl.max_observations:
         keep = np.linspace(0, len(images) - 1, config.kl.max_observations).round().astype(int)
         images, instructions = images[keep], [instructions[i] for i in keep]

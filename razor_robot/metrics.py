@@ -19,10 +19,16 @@ distributions) are computed on the same conditionals, summed over D and averaged
 same way. Note that only the forward KL sum is a sequence-level divergence; the others are per-position
 quantities under base-policy prefixes (the reverse *sequence* KL would need prefixes from π).
 
+Uncertainty: every distance also gets a percentile-bootstrap 95% CI over observations ("kl/forward/ci95":
+[lo, hi], ...). Each observation's value is its own prefix-averaged distance Σ_d (1/M) Σ_m KL_d, so
+resampling observations (razor_robot.stats.bootstrap_ci, one seed for all four distances: a paired
+resample) covers both the choice of observations and the prefix Monte-Carlo noise, which is independent
+across observations. With the exact expectation (all prefixes, π0 weights) only the first remains.
+
 Public API:
     token_distances(base_logits, logits)           -> dict of (..., D) tensors: per-position distances
     action_token_distances(base_policy, policy, images, instructions, ...) -> {"kl/forward", "kl/reverse",
-                                                                              "kl/tv", "kl/l2"} floats
+        "kl/tv", "kl/l2"} floats, plus {"kl/forward/ci95", ...} [lo, hi] lists
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ DISTANCES = ("forward", "reverse", "tv", "l2")
 
 METRIC_KEYS = tuple(f"kl/{name}" for name in DISTANCES)
 """Keys returned by `action_token_distances` (the `kl/` metric group)."""
+
+CI_KEYS = tuple(f"{key}/ci95" for key in METRIC_KEYS)
+"""Bootstrap-CI keys returned beside METRIC_KEYS: [lo, hi] over observations."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -166,7 +175,9 @@ def action_token_distances(
     prefix_tokens: torch.Tensor | np.ndarray | None = None,
     prefix_weights: torch.Tensor | np.ndarray | None = None,
     per_position: bool = False,
-) -> dict[str, float]:
+    ci_resamples: int = 2000,
+    ci_seed: int = 0,
+) -> dict[str, float | list[float]]:
     """Forward KL E_x[KL(π0 ‖ π)] over action-token sequences, plus reverse KL, TV and L2 (see module doc).
 
     Args:
@@ -185,14 +196,20 @@ def action_token_distances(
         prefix_weights: (B, M) non-negative weights of `prefix_tokens`, normalised per observation;
             None means uniform.
         per_position: also return "kl/<name>/d<i>" for every action dimension i.
+        ci_resamples: bootstrap resamples of the observations for the "/ci95" keys; 0 leaves them out.
+        ci_seed: seed of those resamples (one draw shared by the four distances).
 
     Returns:
         {"kl/forward", "kl/reverse", "kl/tv", "kl/l2"}: per-position distances summed over D, averaged over
-        observations and prefixes. Torch modules run in eval mode under torch.inference_mode.
+        observations and prefixes; {"kl/forward/ci95", ...}: [lo, hi] percentile-bootstrap 95% interval of
+        that mean over observations (see module doc). Torch modules run in eval mode under
+        torch.inference_mode.
     """
     if not isinstance(images, torch.Tensor):
         images = np.asarray(images)
     n_obs = _check_inputs(images, instructions, n_prefix_samples, batch_size, prefix_tokens, prefix_weights)
+    if ci_resamples < 0:
+        raise ValueError(f"ci_resamples must be >= 0 (0 = no CI), got {ci_resamples}")
     n_prefix = n_prefix_samples if prefix_tokens is None else prefix_tokens.shape[1]
     obs_rows = np.repeat(np.arange(n_obs), n_prefix)  # (B*M,): observation of every row
     weights = _row_weights(n_obs, n_prefix, prefix_weights)  # (B*M,)
@@ -202,6 +219,7 @@ def action_token_distances(
     enter_base = base_context if base_context is not None else contextlib.nullcontext
 
     totals: torch.Tensor | None = None  # (len(DISTANCES), D) weighted sums
+    per_obs = torch.zeros(len(DISTANCES), n_obs, dtype=torch.float64)  # (4, B): Σ_d, prefix-averaged
     with torch.inference_mode(), _eval_mode(base_policy, policy):
         for start in range(0, n_obs * n_prefix, batch_size):
             rows = np.arange(start, min(start + batch_size, n_obs * n_prefix))
@@ -220,8 +238,22 @@ def action_token_distances(
             stacked = torch.stack([dists[name] for name in DISTANCES]).cpu()  # (4, b, D)
             batch_sum = torch.einsum("nbd,b->nd", stacked, weights[rows])  # (4, D)
             totals = batch_sum if totals is None else totals + batch_sum
+            # each observation's rows carry weight 1/B in total: × B makes them a per-observation average
+            row_values = stacked.to(torch.float64).sum(dim=-1) * (weights[rows] * n_obs)  # (4, b)
+            per_obs.index_add_(1, torch.as_tensor(obs_rows[rows]), row_values)
     assert totals is not None  # at least one row: checked by _check_inputs
-    return _to_metrics(totals, per_position)
+    metrics: dict[str, float | list[float]] = dict(_to_metrics(totals, per_position))
+    if ci_resamples > 0:
+        metrics.update(_bootstrap_cis(per_obs.numpy(), ci_resamples, ci_seed))
+    return metrics
+
+
+def _bootstrap_cis(per_obs: np.ndarray, n_resamples: int, seed: int) -> dict[str, list[float]]:
+    """(4, B) per-observation distances -> {"kl/<name>/ci95": [lo, hi]}, the same resamples for all four."""
+    from razor_robot.stats import bootstrap_ci
+
+    return {f"kl/{name}/ci95": list(bootstrap_ci(per_obs[i], np.mean, n_resamples, seed))
+            for i, name in enumerate(DISTANCES)}
 
 
 def _to_metrics(totals: torch.Tensor, per_position: bool) -> dict[str, float]:

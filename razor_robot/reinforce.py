@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from razor_robot.acting import VLAActor
 from razor_robot.distributed import RolloutCopy, make_accelerator, micro_batches
-from razor_robot.rollout import EpisodeRequest, Trajectory, rollout
+from razor_robot.rollout import EpisodeRequest, Trajectory
 from razor_robot.training import OptimConfig, finite_or_raise, make_optimizer
 
 VARIANTS = ("reinforce", "reinforce-01", "kl-reinforce", "grpo")
@@ -176,10 +176,7 @@ def train_reinforce(
     *,
     task: str,
     unnorm_key: str,
-    backend: str = "metaworld",
-    env_options: dict[str, Any] | None = None,
-    num_workers: int = 1,
-    vector_env=None,
+    pool: Any,
     adapter_factory: Callable[[], Any] | None = None,
     base_policy: Any | None = None,
     on_checkpoint: Callable[[int, float, Any], None] | None = None,
@@ -223,8 +220,7 @@ def train_reinforce(
                 if g % world == rank:
                     requests.append(EpisodeRequest(task, seed, (float(xy[0]), float(xy[1]))))
                     groups.append(g)
-        trajectories = rollout(requests, actor, backend=backend, env_options=env_options, num_workers=num_workers,
-                               vector_env=vector_env, progress=f"rl rollouts {iteration}" if progress else False)
+        trajectories = pool.rollout(requests, actor, progress=f"rl rollouts {iteration}" if progress else False)
         rewards = np.array([float(t.success) for t in trajectories])
         advantages = group_advantages(rewards, np.asarray(groups), config.variant, config.advantage_eps)
         batch = steps_from_trajectories(trajectories, advantages)

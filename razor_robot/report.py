@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from razor_robot.acting import VLAActor
 from razor_robot.experiment import SweepConfig, adapter_factory_for, load_for_training
-from razor_robot.frontier import plot_frontier, plot_kl_forgetting, summary_table
-from razor_robot.rollout import EpisodeRequest, rollout
+from razor_robot.frontier import frontier_outputs
+from razor_robot.rollout import EpisodeRequest
 from razor_robot.sweep import read_records
 from razor_robot.video import write_rollout_video
 
@@ -31,7 +31,7 @@ def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Pa
     episodes = config.report.video_episodes
     tasks = [config.eval.new_task] + list(config.eval.prior_tasks[:1])
     written = []
-    with config.env_pool(min(config.num_workers, episodes)) as pool:
+    with config.env_pool() as pool:
         for method in ("sft", "rl"):
             best = best_checkpoint(records, method)
             if best is None:
@@ -44,7 +44,7 @@ def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Pa
                 requests = [EpisodeRequest(task, config.eval.episode_seed + i,
                                            tuple(map(float, positions[i % len(positions)]))
                                            if task == config.eval.new_task else None) for i in range(episodes)]
-                trajectories = rollout(requests, actor, vector_env=pool.get(task), progress=False)
+                trajectories = pool.rollout(requests, actor, progress=False)
                 label = f"{method} {task}"
                 path = write_rollout_video(trajectories, out_dir / f"best-{method}-{task}.mp4",
                                            tile_size=config.report.video_tile, labels=[label] * len(trajectories))
@@ -54,18 +54,14 @@ def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Pa
 
 def write_report(config: SweepConfig, results: Path, out_dir: Path, *, progress: bool = True,
                  log: Callable[[str], None] = print) -> str:
-    """Plots, videos and ``summary.txt``; returns the summary text."""
+    """Plots, Table 1, videos and ``summary.txt`` (which opens with the ``verdict:`` line); returns its text."""
     all_records = read_records(results)
     records = completed_records(results)
     failed = [r for r in all_records if r.get("status") == "failed"]
-    plot_frontier(records, out_dir / "frontier.png")
-    lines = [f"# {config.name}: {len(records) - 1} fine-tuned checkpoints, {len(failed)} failed runs", "",
-             summary_table(records)]
-    try:
-        plot_kl_forgetting(records, out_dir / "kl_forgetting.png")
-    except ValueError as error:
-        lines.append(f"kl_forgetting.png not written: {error}")
-    lines += [""] + [f"failed run {r['run_id']} ({r['hparams']}): {r['reason']}" for r in failed]
+    lines = [frontier_outputs(records, out_dir), "",
+             f"{config.name}: {len(records) - 1} fine-tuned checkpoints, {len(failed)} failed runs; "
+             f"evaluation: {config.eval.plan()[2]}"]
+    lines += [f"failed run {r['run_id']} ({r['hparams']}): {r['reason']}" for r in failed]
     if config.report.videos:
         videos = write_videos(config, records, out_dir, progress=progress)
         lines.append("videos: " + ", ".join(p.name for p in videos))

@@ -1,37 +1,49 @@
-"""Parallel episode rollouts over a Gymnasium vector env.
+"""Episodes: what to run (:class:`EpisodeRequest`), what comes back (:class:`Trajectory`), the policy interface
+(:class:`BatchPolicy`), and the lockstep engine over a Gymnasium vector env.
 
-Every task has a fixed horizon, so all the envs of one batch finish on the same step. The rollout drives the
-horizon itself and the worker wrapper hides the env's truncation, so the vector env never auto-resets: the code
-is the same under gymnasium 0.29 (same-step autoreset) and 1.x (next-step autoreset). Per-episode reset options
+The project's main engine is :class:`razor_robot.env_pool.EnvPool` (several envs per worker process, policy
+and simulation overlapped, one pool for all tasks); :func:`rollout` runs requests on one. The lockstep engine
+here drives any Gymnasium vector env (``AsyncVectorEnv``, or the Ray actors of ``razor_robot.ray_envs``):
+every task has a fixed horizon, so all envs of a batch finish on the same step; the rollout drives the horizon
+itself and the worker wrapper hides the env's truncation, so the vector env never auto-resets and the code is
+the same under gymnasium 0.29 (same-step autoreset) and 1.x (next-step autoreset). Per-episode reset options
 (the can position) reach each worker through one shared ``options`` dict holding a list indexed by worker.
+
+Policies see each env *slot* by number and are told when a slot starts an episode
+(``start_episode(slot, request)``), so per-episode state (action adapters, demonstrators, the random stream
+of sampled actions) belongs to the episode, and an episode's outcome never depends on how the engine
+scheduled or batched it. Both engines therefore return the same trajectories for the same requests.
 
 Example::
 
     from razor_robot.rollout import EpisodeRequest, rollout
     requests = [EpisodeRequest("pick-can", seed=i, object_xy=xy) for i, xy in enumerate(positions)]
-    trajectories = rollout(requests, policy, num_workers=2)
+    trajectories = rollout(requests, policy)
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
 
 PER_WORKER_OPTIONS = "per_worker"
 
 
 class BatchPolicy(Protocol):
-    """A policy acting on a batch of observations from envs that all run the same task."""
+    """A policy acting on a batch of observations, one row per env slot.
+
+    Optional: ``start_episode(slot, request)``, called when ``slot`` starts the episode ``request``.
+    """
 
     def __call__(
-        self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str]
+        self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str], slots: Sequence[int]
     ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
-        """images (N, H, W, 3) uint8, states (N, S) -> actions (N, A), optionally with per-step extras (N, ...)."""
+        """images (N, H, W, 3) uint8, states (N, S), slots (N,) -> actions (N, A), optionally with per-step extras
+        (N, ...). The extra ``"terminate"`` (N,) bool ends a row's episode after this action."""
         ...
 
 
@@ -45,6 +57,10 @@ class EpisodeRequest:
     """Seed passed to ``env.reset``; fixes the drawer's initial state and any other randomness of the env."""
     object_xy: tuple[float, float] | None = None
     """Can position for pick-can; None lets the env choose."""
+    reset_options: Mapping[str, Any] | None = None
+    """Further reset options of the backend (e.g. SimplerEnv's ``episode_id``)."""
+    env_options: Mapping[str, Any] | None = None
+    """Env construction options that override the pool's for this episode (e.g. a SimplerEnv URDF variant)."""
 
 
 @dataclass
@@ -103,13 +119,9 @@ def default_env_factory(task: str, backend: str = "metaworld", **env_options: An
     return functools.partial(make_env, task, backend, **env_options)
 
 
-ROLLOUT_ENGINES = ("subprocess", "ray")
-
-
-def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int, *, engine: str = "subprocess",
-                    ray_num_cpus: float = 1.0) -> gym.vector.VectorEnv:
-    """``num_workers`` workers, one env each: subprocesses of this machine, or Ray actors (``engine="ray"``,
-    ``ray_num_cpus`` CPUs each; see razor_robot.ray_envs).
+def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int) -> gym.vector.VectorEnv:
+    """A Gymnasium ``AsyncVectorEnv`` of ``num_workers`` subprocess workers, one env each, for the lockstep
+    engine.
 
     Even a single env runs in a subprocess: software rendering (Mesa llvmpipe) loads its own LLVM into the
     process that renders, and torch's later import of triton (another LLVM) then segfaults. Keeping every
@@ -117,12 +129,6 @@ def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int, *, eng
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if engine not in ROLLOUT_ENGINES:
-        raise ValueError(f"rollout engine must be one of {', '.join(ROLLOUT_ENGINES)}, got {engine!r}")
-    if engine == "ray":
-        from razor_robot.ray_envs import RayVectorEnv
-
-        return RayVectorEnv(env_factory, num_workers, num_cpus=ray_num_cpus)
     fns = [functools.partial(_make_worker_env, env_factory, i) for i in range(num_workers)]
     return gym.vector.AsyncVectorEnv(fns, context="spawn" if _fork_unsafe() else None)
 
@@ -139,43 +145,57 @@ def rollout(
     requests: Sequence[EpisodeRequest],
     policy: BatchPolicy,
     *,
-    env_factory: Callable[[], gym.Env] | None = None,
+    pool: Any = None,
+    env_factory: Callable[..., gym.Env] | None = None,
     backend: str = "metaworld",
     env_options: dict[str, Any] | None = None,
-    num_workers: int = 1,
+    num_workers: int | None = None,
     keep_images: bool = True,
     progress: bool | str = True,
-    vector_env: gym.vector.VectorEnv | None = None,
 ) -> list[Trajectory]:
-    """Run ``requests`` (all of one task) with ``policy`` in ``num_workers`` parallel envs.
+    """Run ``requests`` with ``policy``; one Trajectory per request, in request order.
 
-    Pass ``vector_env`` (from :func:`make_vector_env`) to reuse workers across calls; it is then left open.
+    Pass an open :class:`razor_robot.env_pool.EnvPool` as ``pool`` to reuse its workers; otherwise a pool of
+    ``num_workers`` workers (``env_factory(task, **env_options)`` or ``make_env(task, backend, ...)``) is made
+    for this call and released after it.
     """
+    from razor_robot.env_pool import EnvPool
+
+    if pool is not None:
+        return pool.rollout(requests, policy, keep_images=keep_images, progress=progress)
+    per_worker = max(1, -(-len(requests) // (num_workers or 1))) if num_workers else 8
+    with EnvPool(backend, env_options, num_workers=num_workers, envs_per_worker=min(per_worker, 8),
+                 env_factory=env_factory) as temporary:
+        return temporary.rollout(requests, policy, keep_images=keep_images, progress=progress)
+
+
+def lockstep_rollout(vector_env: gym.vector.VectorEnv, requests: Sequence[EpisodeRequest], policy: BatchPolicy,
+                     *, keep_images: bool = True, on_batch: Callable[[int], Any] | None = None) -> list[Trajectory]:
+    """Run ``requests`` (all of one task and env options) in batches of ``vector_env.num_envs``, in lockstep."""
     if not requests:
         return []
-    tasks = {r.task for r in requests}
-    if len(tasks) != 1:
-        raise ValueError(f"one rollout runs one task, got {sorted(tasks)}")
-    task = tasks.pop()
-    owns_env = vector_env is None
-    if owns_env:
-        factory = env_factory or default_env_factory(task, backend, **(env_options or {}))
-        vector_env = make_vector_env(factory, min(num_workers, len(requests)))
+    if len({(r.task, repr(sorted((r.env_options or {}).items()))) for r in requests}) != 1:
+        raise ValueError("one lockstep rollout runs one task with one set of env options")
+    horizon = int(vector_env.get_attr("task_spec")[0].horizon)
     try:
-        n_envs = vector_env.num_envs
-        horizon = int(vector_env.get_attr("task_spec")[0].horizon)
-        results: list[Trajectory] = []
-        bar = tqdm(total=len(requests), desc=progress if isinstance(progress, str) else f"rollout {task}",
-                   disable=not progress, leave=False)
-        for start in range(0, len(requests), n_envs):
-            batch = list(requests[start:start + n_envs])
-            results.extend(_run_batch(vector_env, batch, policy, horizon, keep_images)[: len(batch)])
-            bar.update(len(batch))
-        bar.close()
-        return results
-    finally:
-        if owns_env:
-            vector_env.close()
+        success_mode = str(vector_env.get_attr("success_mode")[0])
+    except Exception:  # an env without the attribute reports final-step success
+        success_mode = "final"
+    n_envs = vector_env.num_envs
+    results: list[Trajectory] = []
+    for start in range(0, len(requests), n_envs):
+        batch = list(requests[start:start + n_envs])
+        results.extend(_run_batch(vector_env, batch, policy, horizon, keep_images, success_mode)[: len(batch)])
+        if on_batch is not None:
+            on_batch(len(batch))
+    return results
+
+
+def success_mode_of(env: Any) -> str:
+    """An env's success_mode ("final" or "any"): its own attribute, or its config's (SimplerEnv), else final."""
+    base = getattr(env, "unwrapped", env)
+    mode = getattr(base, "success_mode", None) or getattr(getattr(base, "config", None), "success_mode", None)
+    return mode or "final"
 
 
 def _run_batch(
@@ -184,20 +204,30 @@ def _run_batch(
     policy: BatchPolicy,
     horizon: int,
     keep_images: bool,
+    success_mode: str,
 ) -> list[Trajectory]:
     n_envs = vector_env.num_envs
     padded = batch + [batch[-1]] * (n_envs - len(batch))  # idle workers repeat the last episode; dropped after
-    options = [{"object_xy": r.object_xy} if r.object_xy is not None else {} for r in padded]
+    options = []
+    for r in padded:
+        option = {"object_xy": r.object_xy} if r.object_xy is not None else {}
+        options.append({**option, **(r.reset_options or {})})
     observation, info = vector_env.reset(seed=[r.seed for r in padded], options={PER_WORKER_OPTIONS: options})
-    if hasattr(policy, "reset"):
-        policy.reset()
+    start = getattr(policy, "start_episode", None)
+    if start is not None:
+        for slot, request in enumerate(padded):
+            start(slot, request)
+    slots = list(range(n_envs))
     instructions = [str(s) for s in info["instruction"]]
     images, states, actions, step_success, final_success = [], [], [], [], None
+    length = np.full(n_envs, horizon)  # (N,) steps each episode lasts (shorter when the policy terminates)
     extras: dict[str, list[np.ndarray]] = {}
-    for _ in range(horizon):
-        output = policy(observation["image"], observation["state"], instructions)
+    for t in range(horizon):
+        output = policy(observation["image"], observation["state"], instructions, slots)
         action, step_extras = output if isinstance(output, tuple) else (output, {})
         action = np.asarray(action, dtype=np.float32)  # (N, A)
+        terminate = np.asarray(step_extras.pop("terminate", np.zeros(n_envs, bool)), dtype=bool)  # (N,)
+        length = np.where(terminate & (length == horizon), t + 1, length)
         if keep_images:
             images.append(observation["image"])
         states.append(observation["state"])
@@ -208,50 +238,58 @@ def _run_batch(
         step_success.append(np.asarray(info["success"], dtype=bool))
         if "episode_success" in info:
             final_success = np.asarray(info["episode_success"], dtype=bool)
-    if final_success is None:
+        if np.all(length <= t + 1):
+            break
+    if final_success is None and np.any(length == horizon):
         raise RuntimeError("env did not report 'episode_success' at its horizon; check its horizon attribute")
     stacked_extras = {k: np.stack(v, axis=1) for k, v in extras.items()}  # (N, T, ...)
     image_stack = np.stack(images, axis=1) if keep_images else None  # (N, T, H, W, 3)
     state_stack, action_stack, success_stack = (np.stack(x, axis=1) for x in (states, actions, step_success))
-    return [
-        Trajectory(
+    trajectories = []
+    for i, r in enumerate(padded):
+        n = int(length[i])
+        flags = success_stack[i, :n]
+        if n == horizon:
+            success = bool(final_success[i])
+        else:  # ended by the policy: success as the env's success_mode says
+            success = bool(flags.any() if success_mode == "any" else flags[-1])
+        trajectories.append(Trajectory(
             task=r.task,
             instruction=instructions[i],
             seed=r.seed,
             object_xy=None if r.object_xy is None else (float(r.object_xy[0]), float(r.object_xy[1])),
-            success=bool(final_success[i]),
-            images=image_stack[i] if image_stack is not None else np.zeros((0,), np.uint8),
-            states=state_stack[i],
-            actions=action_stack[i],
-            step_success=success_stack[i],
-            extras={k: v[i] for k, v in stacked_extras.items()},
-        )
-        for i, r in enumerate(padded)
-    ]
+            success=success,
+            images=image_stack[i, :n] if image_stack is not None else np.zeros((0,), np.uint8),
+            states=state_stack[i, :n],
+            actions=action_stack[i, :n],
+            step_success=flags,
+            extras={k: v[i, :n] for k, v in stacked_extras.items()},
+        ))
+    return trajectories
 
 
 class DemonstratorPolicy:
-    """Batches per-env demonstrators (objects with ``act(obs) -> action``) into a :class:`BatchPolicy`.
+    """Batches per-episode demonstrators (objects with ``act(obs) -> action``) into a :class:`BatchPolicy`.
 
     Each demonstrator sees ``obs = {"image", "state", "instruction"}`` (RT-1 needs the drawer's instruction).
-
-    Demonstrators may keep per-episode state, so each env slot has its own, rebuilt after every ``reset``
-    (the rollout calls it when a new batch of episodes starts).
+    Demonstrators keep per-episode state, so every episode gets a fresh one (``start_episode``). A
+    demonstrator whose ``done`` attribute turns True (RT-1's ``terminate_episode``) ends its episode.
     """
 
     def __init__(self, make_demonstrator: Callable[[], Any]):
         self._make = make_demonstrator
-        self._demonstrators: list[Any] = []
+        self._demonstrators: dict[int, Any] = {}
 
-    def __call__(self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str]) -> np.ndarray:
-        if len(self._demonstrators) != len(images):
-            self._demonstrators = [self._make() for _ in range(len(images))]
-        return np.stack([
+    def start_episode(self, slot: int, request: EpisodeRequest) -> None:
+        self._demonstrators[slot] = self._make()
+
+    def __call__(self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str],
+                 slots: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        demonstrators = [self._demonstrators[s] for s in slots]
+        actions = np.stack([
             np.asarray(d.act({"image": images[i], "state": states[i], "instruction": instructions[i]}),
                        dtype=np.float32)
-            for i, d in enumerate(self._demonstrators)
+            for i, d in enumerate(demonstrators)
         ])
-
-    def reset(self) -> None:
-        """Forget per-episode demonstrator state; call between batches of episodes."""
-        self._demonstrators = []
+        terminate = np.array([bool(getattr(d, "done", False)) for d in demonstrators])
+        return actions, {"terminate": terminate}

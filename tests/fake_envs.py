@@ -8,6 +8,9 @@ import gymnasium as gym
 import numpy as np
 
 
+INSTRUCTIONS = {"pick-can": "pick coke can", "open-drawer": "open drawer", "close-drawer": "close drawer"}
+
+
 @dataclass(frozen=True)
 class FakeSpec:
     task: str = "pick-can"
@@ -25,8 +28,8 @@ class ReachEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, horizon: int = 5, success_mode: str = "final"):
-        self.task_spec = FakeSpec(horizon=horizon)
+    def __init__(self, task: str = "pick-can", horizon: int = 5, success_mode: str = "final"):
+        self.task_spec = FakeSpec(task=task, instruction=INSTRUCTIONS[task], horizon=horizon)
         self.success_mode = success_mode
         self.observation_space = gym.spaces.Dict({
             "image": gym.spaces.Box(0, 255, (4, 4, 3), np.uint8),
@@ -62,5 +65,6 @@ class ReachEnv(gym.Env):
         return self._obs(), float(success), False, truncated, info
 
 
-def make_reach_env(horizon: int = 5, success_mode: str = "final") -> ReachEnv:
-    return ReachEnv(horizon=horizon, success_mode=success_mode)
+def make_reach_env(task: str = "pick-can", horizon: int = 5, success_mode: str = "final") -> ReachEnv:
+    """The env factory of the rollout tests: ``factory(task, **options)``, as EnvPool calls it."""
+    return ReachEnv(task, horizon=horizon, success_mode=success_mode)

@@ -29,9 +29,8 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the input was validated")
 
-    monkeypatch.setattr("razor_robot.sweep.EnvPool", refuse)
-    monkeypatch.setattr("razor_robot.experiment.EnvPool", refuse)  # SweepConfig.env_pool()
-    monkeypatch.setattr("razor_robot.evaluation.EnvPool", refuse)
+    monkeypatch.setattr("razor_robot.env_pool.EnvPool.start", refuse)  # workers start with the first rollout
+    monkeypatch.setattr("razor_robot.env_pool.EnvPool.rollout", refuse)
     monkeypatch.setattr("razor_robot.rollout.rollout", refuse)
 
 

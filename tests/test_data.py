@@ -11,7 +11,8 @@ from razor_robot.data import (
     META_FILE, STEPS_FILE, CollectionPlan, DemoDataset, collect, episodes_per_task, load_dataset, save_dataset,
     trajectories_to_dataset,
 )
-from razor_robot.rollout import Trajectory, make_vector_env
+from razor_robot.env_pool import EnvPool
+from razor_robot.rollout import Trajectory
 
 
 def _dataset(n_steps=(3, 2), task="pick-can", seed=0) -> DemoDataset:
@@ -111,12 +112,9 @@ def test_collect_keeps_k_per_point_and_reports_shortfalls():
     #   round 2: p0 seed 4 (keeps 4);    p1 seeds 5,6          -> p0 done, p1 has 4 attempts
     #   round 3:                          p1 seeds 7,8          -> p1 capped at 6 attempts, short by 2
     plan = CollectionPlan("pick-can", 2, np.array([[0.2, 0.1], [-0.2, 0.0]]), max_attempts_factor=3)
-    env = make_vector_env(make_reach_env, 1)
     PickyReacher.built = 0
-    try:
-        kept, index, shortfall = collect(plan, PickyReacher, vector_env=env, progress=False)
-    finally:
-        env.close()
+    with EnvPool(num_workers=1, envs_per_worker=2, env_factory=make_reach_env) as pool:
+        kept, index, shortfall = collect(plan, PickyReacher, pool=pool, progress=False)
     assert [t.seed for t in kept] == [0, 4] and index == [0, 0]
     assert all(t.success and t.object_xy == (0.2, 0.1) for t in kept)
     assert shortfall == {"1": 2}
@@ -135,11 +133,8 @@ def test_collect_without_positions_counts_k_in_total():
     # K=3 in total: seeds 10, 11, 12 (keeps 10, 12), then 13 (fails), then 14 (keeps) -> 5 attempts.
     plan = CollectionPlan("pick-can", 3, None, seed=10)
     # The env draws the can in [-1, 1]^2; 12 steps of up to 0.1 reach any of it.
-    env = make_vector_env(functools.partial(make_reach_env, horizon=12), 1)
     PickyReacher.built = 0
-    try:
-        kept, index, shortfall = collect(plan, EvenSeedReacher, vector_env=env, progress=False)
-    finally:
-        env.close()
+    with EnvPool(num_workers=1, envs_per_worker=2, env_factory=functools.partial(make_reach_env, horizon=12)) as pool:
+        kept, index, shortfall = collect(plan, EvenSeedReacher, pool=pool, progress=False)
     assert [t.seed for t in kept] == [10, 12, 14] and index == [-1, -1, -1] and shortfall == {}
     assert PickyReacher.built == 5

@@ -66,7 +66,7 @@ def _worker(out: Path) -> None:
     from fake_envs import make_reach_env
     from razor_robot.distributed import DistributedSpec, make_accelerator
     from razor_robot.reinforce import RLConfig, train_reinforce
-    from razor_robot.rollout import make_vector_env
+    from razor_robot.env_pool import EnvPool
     from razor_robot.training import OptimConfig
 
     torch.set_num_threads(1)
@@ -75,13 +75,13 @@ def _worker(out: Path) -> None:
     for name, (batch, micro) in {"even": (6, 2), "one_sample": (1, None)}.items():
         result[f"sft_{name}"] = _train_sft_logged(_policy(), _sft_config(batch, micro), accelerator)
     policy = _policy()
-    env = make_vector_env(functools.partial(make_reach_env, success_mode="any"), 1)
+    env = EnvPool(num_workers=1, envs_per_worker=3, env_factory=functools.partial(make_reach_env, success_mode="any"))
     logs = []
     config = RLConfig(OptimConfig(learning_rate=1e-3, batch_size=7, micro_batch_size=3, warmup_steps=1),
                       iterations=2, rollouts_per_point=3, checkpoints=1, seed=5)
     try:
         train_reinforce(policy, np.array([[0.0, 0.0], [0.02, 0.0], [0.0, 0.02]]), config, task="pick-can",
-                        unnorm_key="fake", vector_env=env, progress=False, accelerator=accelerator,
+                        unnorm_key="fake", pool=env, progress=False, accelerator=accelerator,
                         log=lambda stats, it: logs.append(stats))
     finally:
         env.close()

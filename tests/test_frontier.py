@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -212,10 +213,17 @@ SUMMARY = [
 ]
 
 
+def _method_table(text):
+    """The per-method table of a summary: from its "method  runs" header on (the verdict lines come first)."""
+    lines = text.splitlines()
+    return lines[next(i for i, line in enumerate(lines) if re.match(r"method\s+runs", line)):]
+
+
 def test_summary_table_values():
     assert fr.matched_new_task(SUMMARY) == 65
     table = fr.summary_table(SUMMARY)
-    lines = table.splitlines()
+    assert table.splitlines()[0].startswith("verdict: ")
+    lines = _method_table(table)
     assert lines[0].split() == ["method", "runs", "best_new", "prior@new>=65.0", "kl@match", "R2(kl)",
                                 "R2(kl/reverse)", "R2(kl/tv)", "R2(kl/l2)"]
     # 3 points per method: a quadratic passes through all of them
@@ -228,10 +236,10 @@ def test_summary_table_values():
 
 def test_summary_table_alternative_distances_and_no_base():
     records = [dict(r, **{"kl/tv": r["kl"] / 2}) for r in SUMMARY]
-    row = fr.summary_table(records).splitlines()[3].split()
+    row = _method_table(fr.summary_table(records))[3].split()
     assert row[7] == row[5]  # tv = kl / 2: same R²
     no_base = fr.summary_table(SUMMARY[1:])
-    assert "n/a" in no_base.splitlines()[1] and "forgetting (and R2) undefined" in no_base
+    assert "n/a" in _method_table(no_base)[1] and "forgetting (and R2) undefined" in no_base
 
 
 def _realistic_records():
@@ -269,9 +277,11 @@ def test_frontier_report_from_jsonl_fractions(tmp_path):
     lines.insert(2, "")
     lines.append(json.dumps(_rec("rl", 0.1, 0.3, float("nan"))))  # json writes NaN; kl unusable
     results.write_text("\n".join(lines) + "\n")
-    text = fr.frontier_report(results, tmp_path / "out", scale=100)
-    assert text.splitlines()[1].split()[:5] == ["sft", "3", "70.0", "50.0", "3.000"]
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"frontier.png", "kl_forgetting.png"}
+    text = fr.frontier_report(results, tmp_path / "out", scale=100, n_resamples=50)
+    assert text.startswith("verdict: ")
+    assert _method_table(text)[1].split()[:5] == ["sft", "3", "70.0", "50.0", "3.000"]
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"frontier.png", "kl_forgetting.png", "table1.csv"}
 
 
 def test_load_records_errors(tmp_path):
@@ -285,3 +295,342 @@ def test_load_records_errors(tmp_path):
     fractions.write_text(json.dumps(_rec("sft", 0.5, 0.7)) + "\n")
     with pytest.warns(UserWarning, match="pass scale=100"):
         fr.load_records(fractions)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Records as razor_robot.evaluation writes them (coord INTERFACES): rates, n, successes, Wilson CIs and the
+# per-episode outcomes, paired across checkpoints
+# --------------------------------------------------------------------------------------------------------
+PRIOR = ("open-drawer", "close-drawer")
+
+
+def _outcomes(successes, n, seed):
+    """n episode outcomes with `successes` ones at seeded positions (each checkpoint its own pattern)."""
+    out = np.zeros(n, dtype=int)
+    out[np.random.default_rng(seed).permutation(n)[:successes]] = 1
+    return out.tolist()
+
+
+def _episode_record(method, new, open_, close, *, seed, base=None, kl=None, scale=1, **extra):
+    """A results.jsonl record; new/open_/close are (successes, n), multiplied by `scale`."""
+    from razor_robot import stats
+
+    new, open_, close = [(k * scale, n * scale) for k, n in (new, open_, close)]
+    episodes = {"pick-can": _outcomes(*new, seed), "open-drawer": _outcomes(*open_, seed + 1),
+                "close-drawer": _outcomes(*close, seed + 2)}
+    record = {"method": method, "run_id": f"{method}-{seed}", "step": seed, "episodes": episodes,
+              "paired": True}
+    parts = [("new_task", episodes["pick-can"]), ("prior/open-drawer", episodes["open-drawer"]),
+             ("prior/close-drawer", episodes["close-drawer"]),
+             ("prior_task", episodes["open-drawer"] + episodes["close-drawer"])]
+    for key, outcomes in parts:
+        summary = stats.rate_summary(outcomes)
+        record.update({key: summary["rate"], f"{key}/n": summary["n"],
+                       f"{key}/successes": summary["successes"], f"{key}/ci95": summary["ci95"]})
+    if base is not None:  # paired per-episode drop in drawer success vs the base
+        drop = 100 * (np.array(base["episodes"]["open-drawer"] + base["episodes"]["close-drawer"])
+                      - np.array(parts[3][1]))
+        record["forgetting"] = base["prior_task"] - record["prior_task"]
+        record["forgetting/ci95"] = list(stats.bootstrap_ci(drop, n_resamples=200))
+    if kl is not None:
+        for name, value in [("forward", kl), ("reverse", 1.2 * kl), ("tv", math.sqrt(kl) / 3),
+                            ("l2", math.sqrt(kl) / 5)]:
+            record[f"kl/{name}"] = value
+            record[f"kl/{name}/ci95"] = [0.9 * value, 1.1 * value]
+        record["kl"] = kl
+    record.update(extra)
+    return record
+
+
+def _sweep(rl_prior, *, scale=1, oracle=False):
+    """Base + 3 SFT + 3 RL checkpoints (pick-can of 30, drawers of 15 each, times `scale`).
+
+    SFT: new 9, 15, 21 of 30 with prior 24, 20, 15 of 30. RL: new 9, 15, 18 (or `rl_new`) with `rl_prior`.
+    """
+    pytest.importorskip("scipy")
+    base = _episode_record("base", (3, 30), (14, 15), (14, 15), seed=0, kl=0.0, scale=scale)
+    records = [base]
+    sft = [((9, 30), (12, 15), (12, 15), 1.0), ((15, 30), (10, 15), (10, 15), 2.0),
+           ((21, 30), (8, 15), (7, 15), 3.0)]
+    for i, (new, open_, close, kl) in enumerate(sft):
+        records.append(_episode_record("sft", new, open_, close, seed=10 + 3 * i, base=base, kl=kl,
+                                       scale=scale))
+    for i, (new, open_, close, kl) in enumerate(rl_prior):
+        records.append(_episode_record("rl", new, open_, close, seed=30 + 3 * i, base=base, kl=kl,
+                                       scale=scale))
+    if oracle:
+        records.append(_episode_record("oracle-sft", (18, 30), (14, 15), (14, 15), seed=60, base=base,
+                                       kl=0.1, scale=scale))
+    return records
+
+
+# RL far above SFT: staircases RL (10,30]: 28/30, (30,50]: 27/30, (50,60]: 26/30; SFT 24, 20, 15 of 30
+# over x_hi = min(70, 60) = 60: gap = (20·4 + 20·7 + 10·11) / 30 / 50 · 100 = 22 points exactly
+RL_FAR = [((9, 30), (14, 15), (14, 15), 0.2), ((15, 30), (14, 15), (13, 15), 0.4),
+          ((18, 30), (13, 15), (13, 15), 0.5)]
+# RL one drawer episode above SFT at the same new-task scores: gap 1/30 = 3.33 points everywhere on (10, 70]
+RL_NEAR = [((9, 30), (13, 15), (12, 15), 0.9), ((15, 30), (11, 15), (10, 15), 1.8),
+           ((21, 30), (8, 15), (8, 15), 2.7)]
+
+
+def test_staircase_values():
+    new, prior = [30, 50, 60], [93, 90, 86]
+    assert fr.staircase(new, prior, [0, 30, 30.5, 50, 55, 60, 61]).tolist() == [93, 93, 90, 90, 86, 86,
+                                                                                   -math.inf]
+    assert fr.staircase([40, 40, 10], [70, 75, 90], [5, 20, 40]).tolist() == [90, 75, 75]  # ties: best kept
+
+
+def test_matched_gap_hand_computed():
+    # SUMMARY: RL (40, 78) (60, 75) (65, 74) vs SFT (40, 70) (60, 60) (70, 50), base new 0, x_hi = 65:
+    # (0,40]: 8, (40,60]: 15, (60,65]: 24 -> (40·8 + 20·15 + 5·24) / 65 = 740 / 65
+    rl = ([40, 60, 65], [78, 75, 74])
+    sft = ([40, 60, 70], [70, 60, 50])
+    assert fr.matched_gap(rl, sft, 0.0) == pytest.approx((740 / 65, 0.0, 65.0), abs=1e-12)
+    assert fr.matched_gap(sft, rl, 0.0)[0] == pytest.approx(-740 / 65, abs=1e-12)
+    # base above the shared range: lo is clipped to hi and the gap is the difference at hi
+    assert fr.matched_gap(rl, sft, 80.0) == (24.0, 65.0, 65.0)
+    # x_lo inside the range: only (50, 65] counts: (50,60]: 15, (60,65]: 24 -> (150 + 120) / 15
+    assert fr.matched_gap(rl, sft, 50.0)[0] == pytest.approx(18.0, abs=1e-12)
+
+
+def test_resample_scores_reuses_episode_indices_across_checkpoints():
+    records = _sweep(RL_FAR)
+    reps = fr.resample_scores(records, n_resamples=64, seed=3)
+    assert reps.new_task.shape == (64, 7) and reps.resampling == "paired episodes"
+    # the draws: per task in order of first appearance (pick-can, open-drawer, close-drawer), one set each
+    rng = np.random.default_rng(3)
+    from razor_robot.stats import resample_counts
+
+    counts = {task: resample_counts(n, 64, rng) for task, n in [("pick-can", 30), ("open-drawer", 15),
+                                                                ("close-drawer", 15)]}
+    for i, record in enumerate(records):
+        ep = {t: np.array(v, float) for t, v in record["episodes"].items()}
+        assert np.allclose(reps.new_task[:, i], 100 * counts["pick-can"] @ ep["pick-can"] / 30)
+        pooled = counts["open-drawer"] @ ep["open-drawer"] + counts["close-drawer"] @ ep["close-drawer"]
+        assert np.allclose(reps.prior_task[:, i], 100 * pooled / 30)
+
+
+def test_resample_scores_fallbacks():
+    records = [{k: v for k, v in r.items() if k != "episodes"} for r in _sweep(RL_FAR)]
+    reps = fr.resample_scores(records, n_resamples=2000, seed=0)
+    assert reps.resampling == "binomial from counts"
+    assert reps.new_task[:, 0].mean() == pytest.approx(10.0, abs=0.5)  # Binomial(30, 0.1) / 30
+    unpaired = [dict(r, paired=False) for r in _sweep(RL_FAR)]
+    assert fr.resample_scores(unpaired, 8).resampling == "unpaired episodes"
+    bare = [_rec("base", 10, 90), _rec("sft", 20, 80)]
+    with pytest.raises(ValueError, match=r"record 0 \('base'\) has no per-episode outcomes or counts"):
+        fr.resample_scores(bare, 8)
+
+
+def test_verdict_resolves_rl_forgets_less():
+    verdict = fr.compare_methods(_sweep(RL_FAR, scale=4), n_resamples=400)
+    assert verdict.gap == pytest.approx(22.0, abs=1e-9) and verdict.matched == (10.0, 60.0)
+    assert verdict.outcome == "a" and verdict.ci95[0] > 0 and verdict.episodes_needed is None
+    assert verdict.episodes == {"pick-can": (120, 120), "open-drawer": (60, 60), "close-drawer": (60, 60)}
+    line = verdict.line()
+    assert line.startswith("verdict: RL forgets less: retention gap RL - SFT = +22.0 points, 95% CI [+")
+    assert "over (10.0, 60.0]" in line and "pick-can 120, open-drawer 60, close-drawer 60" in line
+    assert "paired episodes bootstrap, 400 resamples" in line
+    # swapping the methods mirrors everything: same draws (the base comes first and holds every task)
+    mirrored = fr.compare_methods(_sweep(RL_FAR, scale=4), "sft", "rl", n_resamples=400)
+    assert mirrored.gap == pytest.approx(-22.0, abs=1e-9) and mirrored.outcome == "b"
+    assert mirrored.ci95 == pytest.approx((-verdict.ci95[1], -verdict.ci95[0]), abs=1e-9)
+    assert mirrored.line().startswith("verdict: RL forgets less: retention gap SFT - RL = -22.0 points")
+
+
+def test_verdict_unresolved_with_episodes_needed():
+    verdict = fr.compare_methods(_sweep(RL_NEAR), n_resamples=400)
+    assert verdict.gap == pytest.approx(100 / 30, abs=1e-9) and verdict.matched == (10.0, 70.0)
+    assert verdict.outcome == "unresolved"
+    lo, hi = verdict.ci95
+    assert lo < 0 < hi
+    from razor_robot.stats import episodes_to_resolve
+
+    assert verdict.episodes_needed == episodes_to_resolve(60, 100 / 30, lo, hi)
+    assert verdict.episodes_needed > 4 * 60  # a 3-point effect needs far more than 60 episodes
+    line = verdict.line()
+    assert line.startswith("verdict: unresolved: retention gap RL - SFT = +3.3 points, 95% CI [-")
+    assert f"needs ~{verdict.episodes_needed:.0f} episodes per checkpoint" in line
+
+
+def test_episodes_needed_is_enough():
+    # the 3.3-point effect at 4x the episodes is still unresolved; at the count it asks for, it resolves
+    verdict = fr.compare_methods(_sweep(RL_NEAR, scale=4), n_resamples=300)
+    assert verdict.outcome == "unresolved" and verdict.episodes_needed > 240
+    scale = math.ceil(verdict.episodes_needed / 60)  # 60 episodes per checkpoint at scale 1
+    resolved = fr.compare_methods(_sweep(RL_NEAR, scale=scale), n_resamples=300)
+    assert resolved.gap == pytest.approx(100 / 30, abs=1e-9) and resolved.outcome == "a"
+
+
+def test_paired_bootstrap_cancels_shared_episodes():
+    # RL and SFT with the same outcomes on every episode: the gap is 0 in every paired resample
+    base = _sweep(RL_FAR)[0]
+    twin = _episode_record("sft", (15, 30), (10, 15), (10, 15), seed=11, base=base)
+    records = [base, twin, dict(twin, method="rl")]
+    paired = fr.compare_methods(records, n_resamples=200)
+    assert paired.gap == 0.0 and paired.ci95 == (0.0, 0.0) and paired.outcome == "unresolved"
+    assert paired.episodes_needed == math.inf and "no episode count resolves a zero gap" in paired.line()
+    unpaired = fr.compare_methods([dict(r, paired=False) for r in records], n_resamples=200)
+    assert unpaired.ci95[0] < -5 and unpaired.ci95[1] > 5  # independent resamples: wide
+    # RL succeeds on every drawer episode SFT does, and on 5 more: every paired resample has gap >= 0
+    better = _episode_record("rl", (15, 30), (15, 15), (15, 15), seed=11)
+    better["episodes"]["pick-can"] = twin["episodes"]["pick-can"]
+    assert fr.compare_methods([base, twin, better], n_resamples=200).ci95[0] >= 0
+
+
+def test_verdict_without_intervals_or_methods():
+    old = fr.compare_methods(SUMMARY)
+    assert old.gap == pytest.approx(740 / 65) and old.ci95 is None and old.outcome == "unresolved"
+    assert old.line().startswith("verdict: unresolved: retention gap RL - SFT = +11.4 points, at matched")
+    assert old.line().endswith("CI unavailable: record 0 ('base') has no per-episode outcomes or counts "
+                               "for new_task")
+    counts_only = [{k: v for k, v in r.items() if k != "episodes"} for r in _sweep(RL_FAR, scale=4)]
+    assert fr.compare_methods(counts_only, n_resamples=200).resampling == "binomial from counts"
+    missing = fr.compare_methods([r for r in SUMMARY if r["method"] != "rl"])
+    assert missing.line() == ("verdict: unresolved: needs records of both 'rl' and 'sft' "
+                              "(methods found: 'sft')")
+
+
+def test_verdict_lines_other_methods():
+    lines = fr.verdict_lines(_sweep(RL_FAR, oracle=True), n_resamples=100)
+    assert [line.split(":")[0] for line in lines] == ["verdict", "oracle-sft vs SFT", "oracle-sft vs RL"]
+    # oracle (18/30 new, 28/30 prior) vs SFT over (10, 60]: ((28-24)·20 + (28-20)·20 + (28-15)·10) / 30 / 50
+    assert "retention gap oracle-sft - SFT = +24.7 points" in lines[1]  # 370 / 15 = 24.67
+
+
+def test_score_ci_and_format_rate():
+    pytest.importorskip("scipy")
+    from razor_robot import stats
+
+    record = _episode_record("sft", (11, 30), (14, 15), (13, 15), seed=1)
+    assert fr.score_ci(record, "new_task") == tuple(record["new_task/ci95"])
+    lo, hi = (100 * v for v in stats.wilson_interval(11, 30))
+    assert fr.format_rate(record, "new_task") == f"36.7 [{lo:.1f}, {hi:.1f}] n=30"
+    assert fr.format_rate(record, "new_task") == "36.7 [21.9, 54.5] n=30"  # INTERFACES' example
+    bare = {k: v for k, v in record.items() if not k.endswith("/ci95")}  # Wilson from n and successes
+    assert fr.score_ci(bare, "prior_task") == pytest.approx(tuple(record["prior_task/ci95"]), abs=1e-9)
+    episodes_only = {"method": "sft", "new_task": 36.7, "prior_task": 90.0, "prior/open-drawer": 93.3,
+                     "prior/close-drawer": 86.7, "episodes": record["episodes"]}
+    assert fr.score_count(episodes_only, "new_task") == (11, 30)
+    assert fr.score_count(episodes_only, "prior_task") == (27, 30)
+    assert fr.score_ci(_rec("sft", 50, 50), "new_task") is None
+    assert fr.format_rate(_rec("sft", 50, 50), "new_task") == "50.0"
+
+
+# --------------------------------------------------------------------------------------------------------
+# R² with bootstrap CIs and Table 1
+# --------------------------------------------------------------------------------------------------------
+def test_weighted_r2_matches_polyfit_and_case_resampling():
+    d, y = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 1.0, 3.0])
+    assert fr._weighted_quadratic_r2(d, y, np.ones((1, 4)))[0] == pytest.approx(86 / 95, abs=1e-12)
+    # integer weights = the points repeated: R² of polyfit on the expanded data
+    counts = np.array([[2, 0, 1, 3], [0, 0, 1, 3]])
+    expanded = np.repeat(d, counts[0]), np.repeat(y, counts[0])
+    fitted = np.polyval(np.polyfit(*expanded, 2), expanded[0])
+    r2 = fr._weighted_quadratic_r2(d, y, counts)
+    assert r2[0] == pytest.approx(fr.r_squared(expanded[1], fitted), abs=1e-12)
+    assert math.isnan(r2[1])  # only 2 distinct distances carry weight
+
+
+def _r2_records():
+    """Base + 8 checkpoints: forgetting = 10 kl² + kl exactly; kl/l2 a noisy predictor; tv = 2 kl."""
+    kls = np.array([0.1, 0.3, 0.5, 0.8, 1.0, 1.3, 1.6, 2.0])
+    noise = np.array([3.0, -4.0, 5.0, -2.0, 4.0, -5.0, 2.0, -3.0])
+    records = [_rec("base", 10, 90, 0.0, **{"kl/forward": 0.0, "kl/tv": 0.0, "kl/l2": 0.0,
+                                            "pred/weight_l1": 0.0, "kl/forward/ci95": [0.0, 0.0]})]
+    for i, (k, e) in enumerate(zip(kls, noise)):
+        forgetting = 10 * k**2 + k
+        records.append(_rec("sft" if i % 2 else "rl", 50, 90 - forgetting, float(k),
+                            **{"kl/forward": float(k), "kl/tv": float(2 * k), "kl/l2": float(k + e / 10),
+                               "pred/weight_l1": float(forgetting + e), "kl/forward/d0": 0.5,
+                               "kl/forward/ci95": [0.9 * k, 1.1 * k]}))
+    return records
+
+
+def test_predictor_keys_exclude_ci_and_per_position():
+    assert fr.predictor_keys(_r2_records()) == ["kl/forward", "kl/tv", "kl/l2", "pred/weight_l1"]
+    assert fr.predictor_keys([_rec("sft", 1, 2, 0.5)]) == ["kl/forward"]  # old records: "kl" only
+
+
+def test_r2_fits_exact_fit_and_comparisons():
+    rows = {row.predictor: row for row in fr.r2_fits(_r2_records(), n_resamples=300, seed=0)}
+    forward = rows["kl/forward"]
+    assert forward.r2 == pytest.approx(1.0, abs=1e-12) and forward.n_points == 9
+    assert forward.ci95 == pytest.approx((1.0, 1.0), abs=1e-9)  # an exact law stays exact in every resample
+    assert forward.forward_kl_is == "" and math.isnan(forward.forward_minus_this)
+    # tv = 2 kl: the same fit, the difference is exactly 0 in every resample -> not resolved
+    assert rows["kl/tv"].r2 == pytest.approx(1.0, abs=1e-12)
+    assert rows["kl/tv"].difference_ci95 == pytest.approx((0.0, 0.0), abs=1e-9)
+    assert rows["kl/tv"].forward_kl_is == "not resolved"
+    # a noisy predictor: forward KL is better, and the difference is R²(fwd) - R²(l2) on the same records
+    l2 = rows["kl/l2"]
+    assert l2.r2 < 0.99 and l2.forward_kl_is == "better" and l2.difference_ci95[0] > 0
+    assert l2.forward_minus_this == pytest.approx(1.0 - l2.r2, abs=1e-12)
+    assert l2.r2 == pytest.approx(fr.fit_forgetting_vs_distance(_r2_records(), "kl/l2").r2, abs=1e-12)
+    # and "worse" when the alternative is the exact one
+    swapped = [dict(r, **{"kl/forward": r["kl/l2"], "kl/l2": r["kl/forward"]}) for r in _r2_records()]
+    rows = {row.predictor: row for row in fr.r2_fits(swapped, ["kl/forward", "kl/l2"], n_resamples=300)}
+    assert rows["kl/l2"].forward_kl_is == "worse" and rows["kl/l2"].difference_ci95[1] < 0
+    with pytest.raises(ValueError, match="no record with method == 'base'"):
+        fr.r2_fits(_r2_records()[1:])
+
+
+def test_table1_sorted_and_csv(tmp_path):
+    rows = fr.table1(_r2_records(), n_resamples=200)
+    assert [row.predictor for row in rows][:2] == ["kl/forward", "kl/tv"]  # ties keep first-seen order
+    assert [row.r2 for row in rows] == sorted([row.r2 for row in rows], reverse=True)
+    path = fr.write_table1(rows, tmp_path / "table1.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0] == ("predictor,r2,r2_ci_lo,r2_ci_hi,n_points,forward_minus_r2,diff_ci_lo,diff_ci_hi,"
+                        "forward_kl_is")
+    first = lines[1].split(",")
+    assert first[0] == "kl/forward" and float(first[1]) == pytest.approx(1.0) and first[4] == "9"
+    assert first[5:] == ["", "", "", ""]
+    assert [line.split(",")[0] for line in lines[1:]] == [row.predictor for row in rows]
+    text = fr.format_table1(rows)
+    assert text.startswith("Table 1: R2 of the quadratic fit") and "pred/weight_l1" in text
+
+
+def test_forward_kl_line():
+    line = fr.forward_kl_line(_r2_records(), n_resamples=200)
+    assert line.startswith("forward KL fit: R2 1.000 [1.000, 1.000] (n=9, checkpoint bootstrap)")
+    assert "; vs kl/tv: not resolved (R2 1.000, diff +0.000" in line and "; vs kl/l2: better" in line
+
+
+# --------------------------------------------------------------------------------------------------------
+# Summary, plots and report on INTERFACES records
+# --------------------------------------------------------------------------------------------------------
+def test_summary_opens_with_verdict_and_shows_intervals():
+    records = _sweep(RL_FAR, scale=4, oracle=True)
+    text = fr.summary_table(records, n_resamples=100)
+    lines = text.splitlines()
+    assert lines[0].startswith("verdict: RL forgets less")
+    assert lines[1].startswith("oracle-sft vs SFT:") and lines[3].startswith("forward KL fit: R2 ")
+    table = [re.split(r"\s{2,}", line) for line in _method_table(text)]
+    sft = next(row for row in table if row[0] == "sft")
+    assert sft[2] == fr.format_rate(records[3], "new_task") and sft[2].endswith("n=120")
+    # prior@new>=60 for SFT: its staircase at 60 is the 70%-new checkpoint (prior 50.0)
+    assert sft[3] == fr.format_rate(records[3], "prior_task") and sft[3].startswith("50.0 [")
+    assert "base: new_task 10.0 [" in text
+    checkpoints = [re.split(r"\s{2,}", line) for line in text.split("checkpoints (")[1].splitlines()[2:]]
+    assert len(checkpoints) == len(records)
+    rl = checkpoints[4]
+    assert rl[:2] == ["rl", "rl-30@30"] and rl[2].endswith("n=120") and rl[3].endswith("n=120")
+    assert rl[4] == f"0.0 [{records[4]['forgetting/ci95'][0]:.1f}, {records[4]['forgetting/ci95'][1]:.1f}]"
+    assert rl[5] == "0.200 [0.180, 0.220]"
+
+
+def test_plots_and_report_with_intervals(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = _sweep(RL_FAR, oracle=True)
+    band = fr._frontier_band([r for r in records if r["method"] == "sft"], np.linspace(30, 70, 5), 2.0, 20, 0)
+    assert band is not None and np.all(band[0] <= band[1])
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = fr.frontier_report(results, tmp_path / "out", n_resamples=100, band_resamples=10)
+    assert text.startswith("verdict: ") and "\nTable 1: R2" in text
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"frontier.png", "kl_forgetting.png", "table1.csv"}
+    assert (out / "table1.csv").read_text().splitlines()[1].split(",")[0] in fr.predictor_keys(records)
+    for name in ("frontier.png", "kl_forgetting.png"):
+        assert (out / name).stat().st_size > 10_000

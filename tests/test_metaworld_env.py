@@ -177,3 +177,62 @@ def test_robot_drawn_without_high_poly_meshes(pick_env):
         and model.geom_rgba[g, 3] > 0
     ]
     assert max(drawn_faces) <= MAX_MESH_FACES  # the table mesh (308 faces) is the largest left
+
+
+def _own_renderer_image(env) -> np.ndarray:
+    """The frame a mujoco.Renderer of the env's own (one GL context per env) would draw."""
+    import mujoco
+
+    from razor_robot.envs.metaworld_backend import HIDDEN_GROUP
+
+    renderer = mujoco.Renderer(env._inner.model, env.image_size, env.image_size)
+    try:
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        option = mujoco.MjvOption()
+        option.sitegroup[:] = 0
+        option.geomgroup[HIDDEN_GROUP] = 0
+        renderer.update_scene(env._inner.data, camera=env.camera.to_mjv(), scene_option=option)
+        return renderer.render()
+    finally:
+        renderer.close()
+
+
+def test_shared_gl_context_renders_what_a_renderer_per_env_renders():
+    # Envs of several tasks and sizes interleaved in one process, all drawing through one GL context.
+    envs = [make_env(task, image_size=size) for task in TASKS for size in (64, 96)]
+    try:
+        rng = np.random.default_rng(0)
+        for step in range(3):
+            for i, env in enumerate(envs):
+                if step == 0:
+                    obs, _ = env.reset(seed=i)
+                else:
+                    obs, *_ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+                np.testing.assert_array_equal(obs["image"], _own_renderer_image(env))
+    finally:
+        for env in envs:
+            env.close()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_lean_action_repeat_equals_plain_meta_world_steps(task):
+    """The repeats before the last skip Meta-World's observation/reward code; nothing else may change."""
+
+    def run(plain: bool):
+        env = make_env(task)
+        if plain:
+            env.unwrapped._substep = lambda action, last: env.unwrapped._inner.step(action)
+        rng, out = np.random.default_rng(1), []
+        for episode in range(2):
+            obs, _ = env.reset(seed=episode, options={"object_xy": (0.05, 0.6)} if task == "pick-can" else None)
+            for _ in range(env.task_spec.horizon):
+                obs, reward, _, _, info = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+                out.append((obs["image"], obs["state"], reward, info["success"]))
+        env.close()
+        return out
+
+    for (image, state, reward, success), plain in zip(run(False), run(True)):
+        np.testing.assert_array_equal(image, plain[0])
+        np.testing.assert_array_equal(state, plain[1])
+        assert (reward, success) == (plain[2], plain[3])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from razor_robot.metrics import METRIC_KEYS, action_token_distances, token_distances
+from razor_robot.metrics import CI_KEYS, METRIC_KEYS, action_token_distances, token_distances
+from razor_robot.stats import bootstrap_ci
 
 torch.set_num_threads(1)
 
@@ -160,8 +161,9 @@ def test_identical_policies_exactly_zero():
     out = action_token_distances(
         policy, policy, images, instructions, n_prefix_samples=4, generator=torch.Generator().manual_seed(0)
     )
-    assert set(out) == set(METRIC_KEYS)
-    assert all(value == 0.0 for value in out.values()), out
+    assert set(out) == set(METRIC_KEYS) | set(CI_KEYS)
+    assert all(out[key] == 0.0 for key in METRIC_KEYS), out
+    assert all(out[key] == [0.0, 0.0] for key in CI_KEYS), out  # no spread over observations
     assert policy.training  # mode restored
 
 
@@ -181,6 +183,34 @@ def test_exact_expectation_matches_brute_force_sequence_kl():
     )
     assert out["kl/forward"] > 0.1  # a non-trivial pair of policies
     assert out["kl/forward"] == pytest.approx(float(np.mean(brute)), abs=1e-9)
+    # the CI is the seeded bootstrap of the exact per-observation KLs
+    assert out["kl/forward/ci95"] == pytest.approx(list(bootstrap_ci(brute, np.mean, 2000, 0)), abs=1e-9)
+    lo, hi = out["kl/forward/ci95"]
+    assert min(brute) - 1e-9 <= lo < out["kl/forward"] < hi <= max(brute) + 1e-9
+
+
+def test_ci_per_observation_hand_computed_and_options():
+    # one observation repeated three times: zero spread, so the CI collapses onto the estimate
+    images, instructions = _observations(3)
+    base, tuned = ToyPolicy(seed=0), ToyPolicy(seed=1, scale=0.7)
+    tokens, weights = _exact_prefixes(base, images, instructions)
+    same = np.repeat(images[:1], 3, 0), [instructions[0]] * 3
+    one = action_token_distances(base, tuned, *same, prefix_tokens=tokens[:1].expand(3, -1, -1),
+                                 prefix_weights=weights[:1].expand(3, -1), batch_size=300)
+    for key in METRIC_KEYS:  # identical observations: every resample has the same mean
+        assert one[f"{key}/ci95"] == pytest.approx([one[key], one[key]], rel=1e-12)
+    # per-observation values: each observation alone, then the bootstrap of those three numbers
+    full = action_token_distances(base, tuned, images, instructions, prefix_tokens=tokens,
+                                  prefix_weights=weights, batch_size=100, ci_resamples=500, ci_seed=7)
+    singles = [action_token_distances(base, tuned, images[i:i + 1], instructions[i:i + 1],
+                                      prefix_tokens=tokens[i:i + 1], prefix_weights=weights[i:i + 1],
+                                      ci_resamples=0) for i in range(3)]
+    assert all(set(s) == set(METRIC_KEYS) for s in singles)  # ci_resamples=0: no CI keys
+    for key in METRIC_KEYS:
+        values = [s[key] for s in singles]
+        assert full[f"{key}/ci95"] == pytest.approx(list(bootstrap_ci(values, np.mean, 500, 7)), rel=1e-9)
+    with pytest.raises(ValueError, match="ci_resamples"):
+        action_token_distances(base, tuned, images, instructions, ci_resamples=-1)
 
 
 def test_monte_carlo_estimate_within_four_standard_errors():

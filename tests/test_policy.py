@@ -282,3 +282,47 @@ def test_one_line_errors(policy, images, tmp_path):
     stats = compute_norm_stats(np.zeros((3, 4)) + np.arange(3)[:, None])
     with pytest.raises(ValueError, match="has action dim 4, config action_dim is 7"):
         load_policy("tiny", action_dim=7, norm_stats={"mw": stats})
+
+
+def test_cached_decode_is_bit_identical_to_transformers_llama(policy, images):
+    from transformers import DynamicCache
+
+    from razor_robot.policies.modeling_vla import cached_decode
+
+    llm = policy.language_model.model
+    with torch.inference_mode():
+        embeds, mask = policy._prefix(images, INSTRUCTIONS)  # INSTRUCTIONS differ in length: padded rows
+        assert not bool(mask.all())
+        positions = policy.processor.pad_mask_positions(mask)
+        reference = DynamicCache(config=llm.config)
+        expected = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=reference,
+                       use_cache=True).last_hidden_state
+        hidden, cache = cached_decode(llm, embeds, positions, mask)
+        assert torch.equal(hidden, expected)
+        step = policy.language_model.get_input_embeddings()(torch.full((3, 1), policy.action_token_offset + 7))
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        positions = positions[:, -1:] + 1
+        expected = llm(inputs_embeds=step, attention_mask=mask, position_ids=positions, cache=reference,
+                       use_cache=True).last_hidden_state
+        hidden, _ = cached_decode(llm, step, positions, mask, cache)
+        assert torch.equal(hidden, expected)
+
+
+def test_inverse_cdf_sampling_is_per_row_and_follows_the_softmax(policy, images):
+    rng = np.random.default_rng(0)
+    uniforms = rng.random((3, 4))
+    batch = policy.sample_actions(images, INSTRUCTIONS, 1.0, uniforms=uniforms)
+    for b in range(3):  # a row's tokens depend on its own uniforms only, not on its batch
+        single = policy.sample_actions(images[b:b + 1], INSTRUCTIONS[b:b + 1], 1.0, uniforms=uniforms[b:b + 1])
+        assert torch.equal(single[0], batch[b])
+    img, text = np.repeat(images[:1], 512, axis=0), ["open drawer"] * 512
+    tokens, logits = policy.sample_actions(img, text, 1.0, uniforms=rng.random((512, 4)), return_logits=True)
+    probs = F.softmax(logits[0, 0], -1)
+    first = tokens[:, 0] - policy.action_token_offset
+    for k in torch.topk(probs, 3).indices:  # the most likely bins come up at their probability
+        freq = (first == k).float().mean()
+        assert abs(freq - probs[k]) < 4 * (probs[k] * (1 - probs[k]) / 512) ** 0.5 + 1e-3
+    edge = policy.sample_actions(images[:1], INSTRUCTIONS[:1], 1.0, uniforms=np.full((1, 4), 1 - 1e-12))
+    assert edge.max() < policy.action_token_offset + 256  # u -> 1 never runs past the last bin
+    with pytest.raises(ValueError, match="uniforms"):
+        policy.sample_actions(images, INSTRUCTIONS, 1.0, uniforms=uniforms[:2])

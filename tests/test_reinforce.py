@@ -14,7 +14,8 @@ from razor_robot.policies.action_tokenizer import compute_norm_stats
 from razor_robot.reinforce import (
     RLConfig, StepBatch, group_advantages, minibatch_loss, steps_from_trajectories, train_reinforce,
 )
-from razor_robot.rollout import Trajectory, make_vector_env
+from razor_robot.env_pool import EnvPool
+from razor_robot.rollout import Trajectory
 from razor_robot.training import OptimConfig
 
 torch.set_num_threads(1)
@@ -217,13 +218,13 @@ def _reach_policy():
 
 def _train_on_reach(policy, seed=0):
     # success_mode="any" with the can at the start point: a random policy succeeds often enough for contrast.
-    env = make_vector_env(functools.partial(make_reach_env, success_mode="any"), 1)
+    env = EnvPool(num_workers=1, envs_per_worker=3, env_factory=functools.partial(make_reach_env, success_mode="any"))
     logs, checkpoints = [], []
     config = RLConfig(OptimConfig(learning_rate=1e-3, batch_size=16, warmup_steps=1), iterations=2,
                       rollouts_per_point=4, checkpoints=2, seed=seed)
     try:
         summary = train_reinforce(policy, np.array([[0.0, 0.0], [0.02, 0.0]]), config, task="pick-can",
-                                  unnorm_key="fake", vector_env=env, progress=False,
+                                  unnorm_key="fake", pool=env, progress=False,
                                   log=lambda stats, it: logs.append((it, dict(stats))),
                                   on_checkpoint=lambda it, frac, model: checkpoints.append((it, frac)))
     finally:

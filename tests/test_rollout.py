@@ -1,53 +1,108 @@
+"""The rollout engines on a fake env: the env pool (several envs per worker, policy and simulation overlapped,
+all tasks in one pool) and the lockstep engine over a Gymnasium vector env give the same trajectories."""
+
 import functools
 
 import numpy as np
 import pytest
 
 from fake_envs import make_reach_env
-from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, make_vector_env, rollout
+from razor_robot.env_pool import EnvPool
+from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, lockstep_rollout, make_vector_env, rollout
 
 pytestmark = pytest.mark.core
 
 
-def move_right(images, states, instructions):
+def move_right(images, states, instructions, slots):
     actions = np.tile(np.array([1.0, 0.0], np.float32), (len(images), 1))
     return actions, {"step_seen": images[:, 0, 0, 0].astype(np.int64)}
 
 
-@pytest.mark.parametrize("num_workers", [1, 2, 3])
-def test_rollout_records_each_episode_in_order(num_workers):
+class NoisyPolicy:
+    """Stochastic, with one random stream per episode (as VLAActor): its episodes must not depend on batching."""
+
+    def __init__(self, seed: int = 7):
+        self.seed, self.streams = seed, {}
+
+    def start_episode(self, slot, request):
+        self.streams[slot] = np.random.default_rng([self.seed, request.seed])
+
+    def __call__(self, images, states, instructions, slots):
+        noise = np.stack([self.streams[s].normal(size=2) for s in slots])  # (N, 2)
+        toward_can = states[:, 2:4] - states[:, 0:2]  # (N, 2)
+        return (toward_can * 5 + noise).astype(np.float32), {"noise": noise}
+
+
+def requests_for(n, task="pick-can"):
+    return [EpisodeRequest(task, seed=s, object_xy=(0.5 if s % 2 == 0 else -0.5, 0.0)) for s in range(n)]
+
+
+def assert_same_trajectories(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert (a.task, a.seed, a.object_xy, a.success, a.instruction) == (b.task, b.seed, b.object_xy, b.success,
+                                                                          b.instruction)
+        for name in ("images", "states", "actions", "step_success"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        assert sorted(a.extras) == sorted(b.extras)
+        for key in a.extras:
+            np.testing.assert_array_equal(a.extras[key], b.extras[key], err_msg=key)
+
+
+@pytest.mark.parametrize("workers, per_worker", [(1, 1), (2, 2), (2, 3)])
+def test_pool_records_each_episode_in_request_order(workers, per_worker):
     # Can 0.5 to the right: after 5 steps of +0.1 the point is at 0.5 -> success at the final step only.
-    requests = [EpisodeRequest("pick-can", seed=s, object_xy=(0.5 if s % 2 == 0 else -0.5, 0.0)) for s in range(5)]
-    trajectories = rollout(requests, move_right, env_factory=make_reach_env, num_workers=num_workers, progress=False)
-    assert [t.seed for t in trajectories] == [0, 1, 2, 3, 4]
-    assert [t.success for t in trajectories] == [True, False, True, False, True]
+    with EnvPool(num_workers=workers, envs_per_worker=per_worker, env_factory=make_reach_env) as pool:
+        trajectories = pool.rollout(requests_for(7), move_right, progress=False)
+    assert [t.seed for t in trajectories] == list(range(7))
+    assert [t.success for t in trajectories] == [s % 2 == 0 for s in range(7)]
     first = trajectories[0]
     assert first.images.shape == (5, 4, 4, 3) and first.actions.shape == (5, 2) and first.states.shape == (5, 4)
     assert first.extras["step_seen"].tolist() == [0, 1, 2, 3, 4]  # observation t is the input to action t
     assert first.step_success.tolist() == [False, False, False, False, True]
     assert first.instruction == "pick coke can" and first.object_xy == (0.5, 0.0)
-    assert [int(t.images[0, 0, 0, 1]) for t in trajectories] == [0, 1, 2, 3, 4]
+    assert [int(t.images[0, 0, 0, 1]) for t in trajectories] == list(range(7))  # each env saw its own seed
 
 
 def test_success_mode_any_counts_a_passing_success():
     # Point passes the can at step 3 (0.3) and overshoots to 0.5: final-step success fails, any-step succeeds.
     request = [EpisodeRequest("pick-can", seed=0, object_xy=(0.3, 0.0))]
-    final = rollout(request, move_right, env_factory=make_reach_env, progress=False)
+    final = rollout(request, move_right, env_factory=make_reach_env, num_workers=1, progress=False)
     any_step = rollout(request, move_right, env_factory=functools.partial(make_reach_env, success_mode="any"),
-                       progress=False)
+                       num_workers=1, progress=False)
     assert final[0].success is False and any_step[0].success is True
 
 
-def test_vector_env_is_reused_and_never_autoresets():
-    vector_env = make_vector_env(make_reach_env, 2)
+def test_one_pool_serves_every_task_in_one_rollout_and_restarts_after_release():
+    requests = requests_for(3) + [EpisodeRequest("open-drawer", seed=10, object_xy=(0.5, 0.0)),
+                                  EpisodeRequest("close-drawer", seed=11, object_xy=(-0.5, 0.0))]
+    pool = EnvPool(num_workers=2, envs_per_worker=2, env_factory=make_reach_env)
     try:
-        requests = [EpisodeRequest("pick-can", seed=s, object_xy=(0.5, 0.0)) for s in range(4)]
-        first = rollout(requests, move_right, vector_env=vector_env, progress=False)
-        second = rollout(requests, move_right, vector_env=vector_env, progress=False)
-        assert [t.success for t in first] == [t.success for t in second] == [True] * 4
-        assert all(t.extras["step_seen"].tolist() == [0, 1, 2, 3, 4] for t in second)
+        assert not pool.running  # workers start with the first rollout
+        first = pool.rollout(requests, move_right, progress=False)
+        assert pool.running
+        assert [t.task for t in first] == ["pick-can"] * 3 + ["open-drawer", "close-drawer"]
+        assert [t.instruction for t in first][-2:] == ["open drawer", "close drawer"]
+        pool.release()
+        assert not pool.running
+        second = pool.rollout(requests, move_right, progress=False)  # a fresh start, the same episodes
+        assert_same_trajectories(second, first)
+    finally:
+        pool.release()
+
+
+@pytest.mark.parametrize("workers, per_worker", [(1, 3), (2, 4)])
+def test_pool_equals_the_lockstep_engine_array_for_array(workers, per_worker):
+    requests = [EpisodeRequest("pick-can", seed=100 + s, object_xy=(0.05 * s - 0.3, 0.1)) for s in range(9)]
+    vector_env = make_vector_env(functools.partial(make_reach_env, "pick-can"), 2)
+    try:
+        expected = lockstep_rollout(vector_env, requests, NoisyPolicy())
     finally:
         vector_env.close()
+    with EnvPool(num_workers=workers, envs_per_worker=per_worker, env_factory=make_reach_env) as pool:
+        got = pool.rollout(requests, NoisyPolicy(), progress=False)
+    assert_same_trajectories(got, expected)
+    assert len({t.success for t in got}) == 2  # both outcomes occur: the comparison is not vacuous
 
 
 class CountingDemonstrator:
@@ -59,19 +114,57 @@ class CountingDemonstrator:
         return np.array([1.0, 0.0]) if self.calls <= 5 else np.array([-1.0, 0.0])
 
 
-def test_demonstrator_policy_gets_fresh_state_every_batch():
-    policy = DemonstratorPolicy(CountingDemonstrator)
-    requests = [EpisodeRequest("pick-can", seed=s, object_xy=(0.5, 0.0)) for s in range(4)]
-    trajectories = rollout(requests, policy, env_factory=make_reach_env, num_workers=2, progress=False)
+def test_demonstrator_policy_gets_a_fresh_demonstrator_every_episode():
+    # Stale state would make the 6th+ call move left and fail: every episode needs a new demonstrator.
+    with EnvPool(num_workers=2, envs_per_worker=1, env_factory=make_reach_env) as pool:
+        trajectories = pool.rollout([EpisodeRequest("pick-can", s, (0.5, 0.0)) for s in range(4)],
+                                    DemonstratorPolicy(CountingDemonstrator), progress=False)
     assert all(t.success for t in trajectories)
 
 
-def test_rollout_rejects_mixed_tasks_and_bad_workers():
-    with pytest.raises(ValueError, match="one task"):
-        rollout([EpisodeRequest("pick-can", 0), EpisodeRequest("open-drawer", 1)], move_right,
-                env_factory=make_reach_env)
+class StopAfterTwo:
+    """Asks to end every episode after its second action (as RT-1's terminate_episode)."""
+
+    done = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def act(self, obs):
+        self.calls += 1
+        self.done = self.calls >= 2
+        return np.array([1.0, 0.0])
+
+
+def test_a_terminating_policy_ends_its_episode_early_in_both_engines():
+    requests = [EpisodeRequest("pick-can", s, (0.2, 0.0)) for s in range(3)]  # reached exactly at step 2
+    with EnvPool(num_workers=1, envs_per_worker=2, env_factory=make_reach_env) as pool:
+        got = pool.rollout(requests, DemonstratorPolicy(StopAfterTwo), progress=False)
+    vector_env = make_vector_env(functools.partial(make_reach_env, "pick-can"), 2)
+    try:
+        expected = lockstep_rollout(vector_env, requests, DemonstratorPolicy(StopAfterTwo))
+    finally:
+        vector_env.close()
+    assert [t.length for t in got] == [2, 2, 2]
+    assert [t.success for t in got] == [True, True, True]  # final-step success at the last step taken
+    assert_same_trajectories(got, expected)
+
+
+def test_bad_pool_arguments_fail_in_one_line():
+    with pytest.raises(ValueError, match="num_workers"):
+        EnvPool(num_workers=0, env_factory=make_reach_env)
+    with pytest.raises(ValueError, match="envs_per_worker"):
+        EnvPool(envs_per_worker=0, env_factory=make_reach_env)
+    with pytest.raises(ValueError, match="rollout engine"):
+        EnvPool(engine="threads", env_factory=make_reach_env)
     with pytest.raises(ValueError, match="num_workers"):
         make_vector_env(make_reach_env, 0)
+
+
+def test_a_failing_env_raises_with_the_workers_traceback():
+    with EnvPool(num_workers=1, envs_per_worker=1, env_factory=make_reach_env) as pool:
+        with pytest.raises(RuntimeError, match="object_xy|could not|ValueError|TypeError"):
+            pool.rollout([EpisodeRequest("pick-can", 0, object_xy=("left", 0.0))], move_right, progress=False)
 
 
 @pytest.mark.slow
@@ -79,25 +172,15 @@ def test_ray_actor_workers_give_the_same_episodes_as_subprocess_workers():
     ray = pytest.importorskip("ray")
     import os
 
-    requests = [EpisodeRequest("pick-can", seed=s, object_xy=(0.5 if s % 2 == 0 else 0.1 * s, 0.0))
-                for s in range(5)]
-    expected = rollout(requests, move_right, env_factory=make_reach_env, num_workers=2, progress=False)
+    requests = requests_for(5)
+    with EnvPool(num_workers=2, envs_per_worker=2, env_factory=make_reach_env) as pool:
+        expected = pool.rollout(requests, NoisyPolicy(), progress=False)
     tests_dir = os.path.dirname(os.path.abspath(__file__))  # fake_envs must import inside the actors
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
     try:
-        vector_env = make_vector_env(make_reach_env, 2, engine="ray")
-        try:
-            assert vector_env.num_envs == 2 and vector_env.get_attr("task_spec")[0].horizon == 5
-            got = rollout(requests, move_right, vector_env=vector_env, progress=False)
-        finally:
-            vector_env.close()
+        with EnvPool(num_workers=2, engine="ray", ray_num_cpus=0, env_factory=make_reach_env) as pool:
+            got = pool.rollout(requests, NoisyPolicy(), progress=False)
     finally:
         ray.shutdown()
-    assert [t.success for t in got] == [True, False, True, False, True]
-    for a, b in zip(got, expected):
-        assert (a.seed, a.object_xy, a.success, a.instruction) == (b.seed, b.object_xy, b.success, b.instruction)
-        np.testing.assert_array_equal(a.images, b.images)
-        np.testing.assert_array_equal(a.states, b.states)
-        np.testing.assert_array_equal(a.step_success, b.step_success)
-        np.testing.assert_array_equal(a.extras["step_seen"], b.extras["step_seen"])
+    assert_same_trajectories(got, expected)

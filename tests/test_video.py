@@ -9,7 +9,7 @@ from razor_robot.video import FAILURE_COLOUR, SUCCESS_COLOUR, mosaic, render_vid
 pytestmark = pytest.mark.core
 
 
-def right(images, states, instructions):
+def right(images, states, instructions, slots):
     return np.tile(np.array([1.0, 0.0], np.float32), (len(images), 1))
 
 

@@ -1,0 +1,175 @@
+"""Benchmark the rollout engine against the machine's simulation bound, measured in the same run.
+
+    python scripts/bench_rollout.py                       # 2 workers x 16 envs (this machine's CPUs), 64 px
+    python scripts/bench_rollout.py --lockstep-workers 6  # also the lockstep engine (AsyncVectorEnv, 6 envs)
+
+It prints, for the embedded default (Meta-World pick-can, 64 px, the tiny policy):
+  * raw: one process stepping and rendering one env with random actions (env-steps/s, resets included);
+  * bound = usable CPUs x raw: what the simulator alone could do on this machine;
+  * eval (greedy decoding) and rl (sampling at T=1) through EnvPool.rollout: env-steps/s and their ratio to
+    the bound (the policy's own compute shares the same cores, so 1.0 is out of reach);
+  * peak resident memory of this process and its workers (psutil, sampled every 50 ms).
+Absolute rates vary several-fold between machines; the ratio is the figure to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BenchConfig:
+    """Command-line options."""
+
+    workers: int = 0
+    """Env worker processes (0: one per usable CPU)."""
+    envs_per_worker: int = 16
+    """Env slots per worker."""
+    episodes: int = 96
+    """Episodes per measurement (30 steps each)."""
+    raw_steps: int = 600
+    """Env steps of the raw single-process measurement."""
+    lockstep_workers: int = 0
+    """Also time the lockstep engine over an AsyncVectorEnv of this many workers (0 = skip)."""
+    image_size: int = 64
+    """Camera resolution."""
+    seed: int = 0
+    """Seed of positions, actions and the policy's initialisation."""
+
+
+def parse_args() -> BenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in vars(BenchConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    config = BenchConfig(**vars(parser.parse_args()))
+    if config.episodes < 1 or config.raw_steps < 1 or config.envs_per_worker < 1 or config.workers < 0:
+        parser.error("episodes, raw-steps and envs-per-worker must be >= 1, workers >= 0")
+    return config
+
+
+def _raw_rate(image_size: int, steps: int, seed: int, queue) -> None:
+    from razor_robot.envs import make_env
+
+    env = make_env("pick-can", image_size=image_size)
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    for _ in range(30):  # warm up the renderer
+        env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+    env.reset(seed=seed + 1)
+    start, done = time.perf_counter(), 0
+    while done < steps:
+        _, _, _, truncated, _ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+        done += 1
+        if truncated:
+            env.reset(seed=seed + done)
+    queue.put(done / (time.perf_counter() - start))
+    env.close()
+
+
+def raw_rate(config: BenchConfig) -> float:
+    """Env-steps/s of one process (a spawned child, so no renderer ever runs in this process)."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_raw_rate, args=(config.image_size, config.raw_steps, config.seed, queue))
+    process.start()
+    rate = queue.get()
+    process.join()
+    return rate
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self._process, self._interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self._process, *self._process.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self._interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    config = parse_args()
+    import torch
+
+    from razor_robot.acting import VLAActor
+    from razor_robot.env_pool import EnvPool, usable_cpus
+    from razor_robot.envs import eval_positions
+    from razor_robot.policies import load_policy
+    from razor_robot.policies.action_tokenizer import compute_norm_stats
+    from razor_robot.rollout import EpisodeRequest, default_env_factory, lockstep_rollout, make_vector_env
+
+    cpus = usable_cpus()
+    workers = config.workers or cpus
+    rate = raw_rate(config)
+    bound = cpus * rate
+    print(f"raw      1 process   {rate:7.1f} env-steps/s   ({1000 / rate:.2f} ms per step+render)")
+    print(f"bound    {cpus} CPUs      {bound:7.1f} env-steps/s")
+
+    torch.manual_seed(config.seed)
+    policy = load_policy("tiny", device="cpu", dtype=torch.float32).eval()
+    policy.set_norm_stats("bench", compute_norm_stats(np.random.default_rng(0).uniform(-1, 1, (256, 4))))
+    positions = eval_positions(config.episodes, seed=config.seed)
+    requests = [EpisodeRequest("pick-can", 10_000 + i, tuple(map(float, xy))) for i, xy in enumerate(positions)]
+    with PeakMemory() as memory, EnvPool("metaworld", {"image_size": config.image_size}, num_workers=workers,
+                                         envs_per_worker=config.envs_per_worker) as pool:
+        pool.rollout(requests[: workers * config.envs_per_worker], VLAActor(policy, unnorm_key="bench"),
+                     progress=False)  # start the workers and build their envs
+        for label, temperature in (("eval", 0.0), ("rl", 1.0)):
+            actor = VLAActor(policy, unnorm_key="bench", temperature=temperature, seed=config.seed)
+            start = time.perf_counter()
+            trajectories = pool.rollout(requests, actor, progress=False)
+            steps = sum(t.length for t in trajectories)
+            achieved = steps / (time.perf_counter() - start)
+            print(f"{label:<8} {workers} x {config.envs_per_worker:<2} envs  {achieved:7.1f} env-steps/s   "
+                  f"ratio to bound {achieved / bound:.2f}")
+    print(f"peak memory (this process + workers): {memory.peak / 2**30:.2f} GiB")
+    if config.lockstep_workers:
+        factory = default_env_factory("pick-can", "metaworld", image_size=config.image_size)
+        vector_env = make_vector_env(factory, config.lockstep_workers)
+        try:
+            actor = VLAActor(policy, unnorm_key="bench", temperature=1.0, seed=config.seed)
+            lockstep_rollout(vector_env, requests[: config.lockstep_workers], actor)
+            with torch.inference_mode():
+                torch.set_num_threads(1)
+                start = time.perf_counter()
+                trajectories = lockstep_rollout(vector_env, requests, actor)
+            achieved = sum(t.length for t in trajectories) / (time.perf_counter() - start)
+            print(f"lockstep {config.lockstep_workers} envs      {achieved:7.1f} env-steps/s   "
+                  f"ratio to bound {achieved / bound:.2f}")
+        finally:
+            vector_env.close()
+
+
+if __name__ == "__main__":
+    main()
