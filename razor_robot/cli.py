@@ -53,7 +53,7 @@ def _load_config(path: str, overrides: Sequence[str] = ()):
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from razor_robot.report import write_report
+    from razor_robot.stages.report import write_report
     from razor_robot.sweep import run_sweep
 
     overrides = list(args.set) + ([f"engine={args.engine}"] if args.engine else [])
@@ -65,11 +65,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """One run = a sweep holding only this method, with an empty grid."""
-    from razor_robot.report import write_report
+    from razor_robot.stages.report import write_report
     from razor_robot.sweep import run_sweep
 
-    other = "rl" if args.method == "sft" else "sft"
-    overrides = list(args.set) + [f"{other}.enabled=false", f"{args.method}.enabled=true", f"{args.method}.grid={{}}"]
+    key = args.method.replace("-", "_")
+    others = [m for m in ("sft", "rl", "oracle_sft", "distill_sft") if m != key]
+    overrides = (list(args.set) + [f"{other}.enabled=false" for other in others]
+                 + [f"{key}.enabled=true", f"{key}.grid={{}}"])
     config = _load_config(args.config, overrides)
     out = Path(args.out or Path("runs") / f"{config.name}-{args.method}")
     results = run_sweep(config, out, progress=not args.no_progress)
@@ -78,20 +80,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from razor_robot.experiment import base_checkpoint, base_evaluation
+    from razor_robot.stages.base import base_checkpoint, base_evaluation
 
     config = _load_config(args.config, args.set)
     out = Path(args.out or Path("runs") / config.name)
     with config.env_pool() as pool:
         base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
-        scores, _ = base_evaluation(config, base_dir, out, pool, progress=not args.no_progress)
-    summary = {k: v for k, v in scores.items() if k != "per_position"}
+        scores = base_evaluation(config, base_dir, out, pool, progress=not args.no_progress).scores()
+    summary = {k: v for k, v in scores.items() if k not in ("per_position", "episodes")}
     print(json.dumps({"base_checkpoint": str(base_dir), **summary}, indent=2))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
     from razor_robot.data import save_dataset
-    from razor_robot.experiment import collect_demos
+    from razor_robot.stages.demos import collect_demos
     from razor_robot.policies.action_tokenizer import compute_norm_stats
 
     config = _load_config(args.config, args.set)
@@ -121,12 +123,10 @@ def _jsonable(value: Any) -> Any:
 def cmd_eval(args: argparse.Namespace) -> None:
     import dataclasses
 
-    import numpy as np
-    import torch
-
-    from razor_robot.evaluation import evaluate_policy
-    from razor_robot.experiment import adapter_factory_for, base_checkpoint, base_evaluation, load_for_training
-    from razor_robot.metrics import action_token_distances
+    from razor_robot.evaluation import evaluate_policy, forgetting_fields
+    from razor_robot.stages.base import base_checkpoint, base_evaluation
+    from razor_robot.stages.evaluate import FixedSets, checkpoint_measurements
+    from razor_robot.stages.load import adapter_factory_for, load_for_training
 
     config = _load_config(args.config, args.set)
     if not Path(args.checkpoint).exists():
@@ -138,21 +138,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
         scores, _ = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
                                     adapter_factory=adapter_factory_for(config.backend),
                                     progress=not args.no_progress)
-        if not args.no_kl:
+        if not args.no_kl:  # distances, predictors and forgetting against the base (evaluated once, cached)
             out_dir = Path(args.out).parent if args.out else Path("runs") / config.name
             base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
-            _, obs_path = base_evaluation(config, base_dir, out_dir, pool, progress=not args.no_progress)
-            observations = np.load(obs_path)
-            base = load_for_training(str(base_dir), spec)
-            scores.update(action_token_distances(
-                base, policy, observations["images"], [str(s) for s in observations["instructions"]],
-                n_prefix_samples=config.kl.prefix_samples, batch_size=config.kl.batch_size,
-                generator=torch.Generator().manual_seed(0)))
+            base = base_evaluation(config, base_dir, out_dir, pool, progress=not args.no_progress)
+            scores.update(forgetting_fields(base.scores()["episodes"], scores["episodes"], config.eval.prior_tasks))
+            scores.update(checkpoint_measurements(config, policy, load_for_training(str(base_dir), spec).eval(),
+                                                  FixedSets(base), seed=0))
     text = json.dumps(scores, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-    print(json.dumps({k: v for k, v in scores.items() if k != "per_position"}, indent=2))
+    print(f"evaluation: {config.eval.plan()[2]}")
+    print(json.dumps({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
 
 
 def cmd_frontier(args: argparse.Namespace) -> None:
@@ -185,7 +183,8 @@ def cmd_video(args: argparse.Namespace) -> None:
         if not Path(args.policy).exists():
             raise FileNotFoundError(f"--policy: checkpoint not found: {args.policy} (or use 'scripted')")
         from razor_robot.acting import VLAActor
-        from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec, adapter_factory_for, load_for_training
+        from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec
+        from razor_robot.stages.load import adapter_factory_for, load_for_training
 
         unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
         policy = VLAActor(load_for_training(args.policy, PolicySpec()), unnorm_key=unnorm_key,
@@ -231,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", "Fine-tune the base with one method (the config's settings and --set overrides), "
             "evaluating each checkpoint.", cmd_train, config=False)
-    p.add_argument("method", choices=["sft", "rl"], help="sft (demonstrations) or rl (REINFORCE)")
+    p.add_argument("method", choices=["sft", "rl", "oracle-sft"],
+                   help="sft (demonstrations), rl (REINFORCE) or oracle-sft (SFT on the base's own successes)")
     p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value by dotted key, e.g. --set sft.config.optim.learning_rate=1e-4")

@@ -19,11 +19,11 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, Trajectory, rollout
+from razor_robot.rollout import BatchPolicy, EpisodeRequest, Trajectory, rollout
 
 STEPS_FILE = "steps.parquet"
 META_FILE = "meta.json"
@@ -69,6 +69,9 @@ class DemoDataset:
     grid_index: np.ndarray
     """(N,) int64 grid point of the episode, -1 for tasks without a position."""
     meta: dict[str, Any] = field(default_factory=dict)
+    tokens: np.ndarray | None = None
+    """(N, D) int64 vocabulary ids the policy sampled, for episodes of a policy (oracle-sft, distill-sft): the
+    SFT labels are then exactly these tokens, not the re-binned env actions. None for demonstrators."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -77,7 +80,8 @@ class DemoDataset:
         idx = np.flatnonzero(mask)
         return DemoDataset(self.images[idx], self.states[idx], self.actions[idx],
                            [self.instructions[i] for i in idx], [self.tasks[i] for i in idx],
-                           self.episode_ids[idx], self.grid_index[idx], dict(self.meta))
+                           self.episode_ids[idx], self.grid_index[idx], dict(self.meta),
+                           None if self.tokens is None else self.tokens[idx])
 
     def for_tasks(self, tasks: Sequence[str]) -> "DemoDataset":
         return self.subset(np.isin(np.asarray(self.tasks), list(tasks)))
@@ -87,13 +91,16 @@ class DemoDataset:
         parts = [p for p in parts if len(p)]
         if not parts:
             raise ValueError("empty dataset: nothing to concatenate")
+        if len({p.tokens is None for p in parts}) != 1:
+            raise ValueError("cannot concatenate datasets with and without sampled tokens")
         offsets = np.cumsum([0] + [int(p.episode_ids.max()) + 1 for p in parts[:-1]])
         return DemoDataset(
             np.concatenate([p.images for p in parts]), np.concatenate([p.states for p in parts]),
             np.concatenate([p.actions for p in parts]), sum((p.instructions for p in parts), []),
             sum((p.tasks for p in parts), []),
             np.concatenate([p.episode_ids + o for p, o in zip(parts, offsets)]),
-            np.concatenate([p.grid_index for p in parts]), dict(parts[0].meta))
+            np.concatenate([p.grid_index for p in parts]), dict(parts[0].meta),
+            None if parts[0].tokens is None else np.concatenate([p.tokens for p in parts]))
 
 
 def trajectories_to_dataset(trajectories: Sequence[Trajectory], grid_index: Sequence[int] | None = None,
@@ -103,6 +110,7 @@ def trajectories_to_dataset(trajectories: Sequence[Trajectory], grid_index: Sequ
         raise ValueError("empty dataset: no trajectories")
     lengths = [t.length for t in trajectories]
     grid_index = grid_index if grid_index is not None else [-1] * len(trajectories)
+    sampled = all("tokens" in t.extras for t in trajectories)
     return DemoDataset(
         images=np.concatenate([t.images for t in trajectories]),
         states=np.concatenate([t.states for t in trajectories]).astype(np.float32),
@@ -111,16 +119,18 @@ def trajectories_to_dataset(trajectories: Sequence[Trajectory], grid_index: Sequ
         tasks=[t.task for t, n in zip(trajectories, lengths) for _ in range(n)],
         episode_ids=np.repeat(np.arange(len(trajectories)) + first_episode_id, lengths).astype(np.int64),
         grid_index=np.repeat(np.asarray(grid_index, np.int64), lengths),
+        tokens=np.concatenate([t.extras["tokens"] for t in trajectories]).astype(np.int64) if sampled else None,
     )
 
 
-def collect(plan: CollectionPlan, make_demonstrator: Callable[[], Any], *, pool: Any = None,
-            backend: str = "metaworld", env_options: dict[str, Any] | None = None, num_workers: int | None = None,
-            progress: bool = True) -> tuple[list[Trajectory], list[int], dict[str, int]]:
-    """Run the demonstrator until ``plan.episodes_per_point`` successes per point (or attempts run out).
+def collect(plan: CollectionPlan, policy: BatchPolicy, *, pool: Any = None, backend: str = "metaworld",
+            env_options: dict[str, Any] | None = None, num_workers: int | None = None,
+            progress: bool = True) -> "Collected":
+    """Run ``policy`` until ``plan.episodes_per_point`` successes per point (or attempts run out).
 
-    Episodes run on ``pool`` (a razor_robot.env_pool.EnvPool), or on a pool made for this call. Returns the
-    kept trajectories, their grid indices (-1 without positions) and the shortfall per point.
+    ``policy`` is a demonstrator (``DemonstratorPolicy(make_demonstrator)``) or a policy sampling its own
+    actions (a ``VLAActor`` at temperature 1: rejection sampling of its successful episodes). Episodes run on
+    ``pool`` (a razor_robot.env_pool.EnvPool), or on a pool made for this call.
     """
     points = [None] if plan.positions is None else [tuple(map(float, p)) for p in plan.positions]
     wanted = {i: plan.episodes_per_point for i in range(len(points))}
@@ -129,7 +139,6 @@ def collect(plan: CollectionPlan, make_demonstrator: Callable[[], Any], *, pool:
     kept: list[Trajectory] = []
     kept_index: list[int] = []
     next_seed = plan.seed
-    policy = DemonstratorPolicy(make_demonstrator)
     while True:
         pending = [i for i in wanted if wanted[i] > 0 and attempts[i] < cap]
         if not pending:
@@ -149,7 +158,20 @@ def collect(plan: CollectionPlan, make_demonstrator: Callable[[], Any], *, pool:
                 kept_index.append(-1 if plan.positions is None else owner)
                 wanted[owner] -= 1
     shortfall = {str(i): n for i, n in wanted.items() if n > 0}
-    return kept, kept_index, shortfall
+    return Collected(kept, kept_index, shortfall, {str(i): n for i, n in attempts.items()})
+
+
+class Collected(NamedTuple):
+    """What :func:`collect` kept."""
+
+    trajectories: list[Trajectory]
+    """The successful episodes kept (at most K per point), in collection order."""
+    grid_index: list[int]
+    """The grid point of each kept episode (-1 without positions)."""
+    shortfall: dict[str, int]
+    """Grid point (as a string) -> successes still missing when its attempts ran out."""
+    attempts: dict[str, int]
+    """Grid point (as a string) -> episodes run for it."""
 
 
 def save_dataset(dataset: DemoDataset, directory: str | os.PathLike) -> Path:
@@ -169,6 +191,8 @@ def save_dataset(dataset: DemoDataset, directory: str | os.PathLike) -> Path:
         "state": pa.array(list(dataset.states), type=pa.list_(pa.float32())),
         "action": pa.array(list(dataset.actions), type=pa.list_(pa.float32())),
     })
+    if dataset.tokens is not None:
+        table = table.append_column("tokens", pa.array(list(dataset.tokens), type=pa.list_(pa.int64())))
     meta = dict(dataset.meta, image_shape=[h, w, c], action_dim=int(dataset.actions.shape[1]), n_steps=n,
                 n_episodes=int(len(np.unique(dataset.episode_ids))))
     _atomic_write(directory / STEPS_FILE, lambda p: pq.write_table(table, p))
@@ -197,6 +221,8 @@ def load_dataset(directory: str | os.PathLike) -> DemoDataset:
         episode_ids=table.column("episode_id").to_numpy().astype(np.int64),
         grid_index=table.column("grid_index").to_numpy().astype(np.int64),
         meta=meta,
+        tokens=np.asarray(table.column("tokens").to_pylist(), np.int64) if "tokens" in table.column_names
+        else None,
     )
 
 

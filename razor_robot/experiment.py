@@ -1,31 +1,36 @@
-"""The experiment's typed config and its stages: demonstrations, base policy, one fine-tuning run.
+"""The experiment's typed schema: a sweep's config (YAML -> these dataclasses) and its runs.
 
-Stages are cached by config hash under ``cache_dir`` (demonstrations, the pretrained base policy) or under the
-sweep's output directory (the base evaluation and the fixed KL observation set), so a re-run or another sweep
-with the same settings reuses them.
+A sweep fine-tunes one base policy with every enabled method over its hyperparameter grid and seeds:
+
+    sft          SFT on the demonstrator's successful episodes (the paper's SFT arm)
+    rl           on-policy REINFORCE (the paper's RL arm)
+    oracle-sft   SFT on the base policy's own successful episodes, i.e. samples of pi0 conditioned on success:
+                 with a binary reward this is the KL-minimal distribution that always succeeds (the
+                 I-projection, RL's Razor Lemma A.1), the paper's oracle
+    distill-sft  SFT on the best RL checkpoint's successful episodes (the paper's distillation check)
+
+The stages that run them live in razor_robot.stages; razor_robot.sweep runs them in order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from razor_robot.config import ConfigError, config_hash, from_dict, set_dotted, to_dict
 from razor_robot.distributed import DistributedSpec
 from razor_robot.env_pool import EnvPool
-from razor_robot.evaluation import EvalConfig, evaluate_policy, kl_observations
+from razor_robot.evaluation import EvalConfig
 from razor_robot.reinforce import RLConfig
 from razor_robot.sft import SFTConfig
 
-METHODS = ("sft", "rl")
+METHODS = ("sft", "rl", "oracle-sft", "distill-sft")
+"""Fine-tuning methods, in the order a sweep runs them (distill-sft needs the RL runs' checkpoints)."""
 EMBEDDED_UNNORM_KEY = "metaworld_demos"
 
 
@@ -131,6 +136,60 @@ class KLSpec:
 
 
 @dataclass
+class PolicyDemoSpec:
+    """Episodes of a policy (not a demonstrator) kept by rejection sampling: the data of oracle-sft (the base
+    policy) and distill-sft (the best RL checkpoint)."""
+
+    episodes_per_point: int | None = None
+    """K successes kept per training-grid point; None = demos.episodes_per_point."""
+    max_attempts_factor: int = 20
+    """At most this many attempts per wanted success (shortfalls are reported in the dataset's meta)."""
+    temperature: float = 1.0
+    """Sampling temperature (1 = the policy's own distribution)."""
+    seed: int = 2_000_000
+    """First env seed of the attempts (disjoint from evaluation and demonstration seeds)."""
+
+    def __post_init__(self):
+        if self.episodes_per_point is not None and self.episodes_per_point < 1:
+            raise ValueError(f"episodes_per_point must be >= 1, got {self.episodes_per_point}")
+        if self.max_attempts_factor < 1 or not self.temperature > 0:
+            raise ValueError("need max_attempts_factor >= 1 and temperature > 0")
+
+
+@dataclass
+class PredictorSpec:
+    """Table 1's alternative predictors of forgetting, measured for every checkpoint (razor_robot.predictors)."""
+
+    enabled: bool = True
+    """Compute the pred/* values of every record."""
+    probe_observations: int = 128
+    """Prior-task observations of the base policy's evaluation episodes used as the fixed probe set."""
+    fisher: bool = True
+    """Also the Fisher-weighted L2 (one per-sample backward pass per probe, once per sweep)."""
+
+    def __post_init__(self):
+        if self.probe_observations < 2:
+            raise ValueError(f"probe_observations must be >= 2, got {self.probe_observations}")
+
+
+@dataclass
+class MeterSpec:
+    """The live forgetting meter: forward KL on the fixed new-task observations during training, and the
+    forgetting it forecasts from a KL -> forgetting fit (razor_robot.meter)."""
+
+    every: int = 50
+    """Measure every this many SFT optimiser steps; RL measures every iteration. 0 turns the meter off."""
+    observations: int = 256
+    """New-task observations of the fixed KL set the meter uses (evenly subsampled)."""
+    fit_file: str | None = None
+    """A JSON fit {"coeffs": [c2, c1, c0]} to forecast with; None = fit the runs already finished in this sweep."""
+
+    def __post_init__(self):
+        if self.every < 0 or self.observations < 1:
+            raise ValueError("need meter.every >= 0 and meter.observations >= 1")
+
+
+@dataclass
 class MethodSweep:
     """One fine-tuning method's settings and the hyperparameter grid swept over them."""
 
@@ -217,6 +276,16 @@ class SweepConfig:
     """SFT sweep."""
     rl: MethodSweep = field(default_factory=MethodSweep)
     """RL sweep."""
+    oracle_sft: MethodSweep = field(default_factory=lambda: MethodSweep(enabled=False))
+    """oracle-sft sweep (SFTConfig mapping and grid): SFT on the base policy's own successes."""
+    distill_sft: MethodSweep = field(default_factory=lambda: MethodSweep(enabled=False))
+    """distill-sft sweep (SFTConfig mapping and grid): SFT on the best RL checkpoint's successes."""
+    policy_demos: PolicyDemoSpec = field(default_factory=PolicyDemoSpec)
+    """How oracle-sft and distill-sft collect their episodes."""
+    predictors: PredictorSpec = field(default_factory=PredictorSpec)
+    """Table 1 predictors."""
+    meter: MeterSpec = field(default_factory=MeterSpec)
+    """The live forgetting meter."""
     engine: str = "local"
     """"local" (runs in this process, one after another) or "ray" (each run a Ray task)."""
     rollout_engine: str = "subprocess"
@@ -248,6 +317,8 @@ class SweepConfig:
             raise ValueError("seeds must list at least one seed")
         if self.engine == "ray" and self.distributed.strategy != "none":
             raise ValueError("distributed training runs under `accelerate launch` with engine: local, not ray")
+        if self.distill_sft.enabled and not self.rl.enabled:
+            raise ValueError("distill_sft distils the best RL checkpoint: it needs rl.enabled")
 
     @property
     def unnorm_key(self) -> str:
@@ -291,7 +362,7 @@ class RunSpec:
     hparams: dict[str, Any]
     """The grid values of this run (dotted keys)."""
     config: Any
-    """Typed SFTConfig or RLConfig."""
+    """Typed SFTConfig (sft, oracle-sft, distill-sft) or RLConfig (rl)."""
 
     @property
     def run_id(self) -> str:
@@ -303,184 +374,21 @@ def expand_runs(config: SweepConfig) -> list[RunSpec]:
     import itertools
 
     runs = []
-    for method, sweep, cls in (("sft", config.sft, SFTConfig), ("rl", config.rl, RLConfig)):
+    methods = (("sft", config.sft, SFTConfig), ("rl", config.rl, RLConfig),
+               ("oracle-sft", config.oracle_sft, SFTConfig), ("distill-sft", config.distill_sft, SFTConfig))
+    for method, sweep, cls in methods:
         if not sweep.enabled:
             continue
+        where = f"{config.name}.{method.replace('-', '_')}"  # the YAML key of the method
         keys = list(sweep.grid)
         for key in keys:
             if not isinstance(sweep.grid[key], list) or not sweep.grid[key]:
-                raise ConfigError(f"{config.name}.{method}.grid.{key}: expected a non-empty list of values")
+                raise ConfigError(f"{where}.grid.{key}: expected a non-empty list of values")
         for values in itertools.product(*(sweep.grid[k] for k in keys)):
             for seed in config.seeds:
                 data = dict(sweep.config, seed=seed)
                 for key, value in zip(keys, values):
                     data = set_dotted(data, key, value)
-                typed = from_dict(cls, data, f"{config.name}.{method}.config")
+                typed = from_dict(cls, data, f"{where}.config")
                 runs.append(RunSpec(method, seed, dict(zip(keys, values)), typed))
     return runs
-
-
-# ----------------------------------------------------------------------------------------------- policies
-
-
-def resolve_device(spec: PolicySpec) -> tuple[str, str]:
-    import torch
-
-    device = spec.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = spec.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, dtype
-
-
-def load_for_training(path_or_name: str, spec: PolicySpec, *, device: str | None = None, **overrides: Any):
-    """Load a policy on the configured (or the given) device and dtype, with LoRA and gradient checkpointing
-    if asked."""
-    import torch
-
-    from razor_robot.policies import load_policy
-
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
-    configured_device, dtype = resolve_device(spec)
-    device = device or configured_device
-    policy = load_policy(path_or_name, device=device, dtype=getattr(torch, dtype), **{**spec.overrides, **overrides})
-    if spec.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    if spec.lora is not None and policy.lora_config is None:  # a LoRA checkpoint comes with its adapters
-        policy.enable_lora(r=spec.lora.r, alpha=spec.lora.alpha, target_modules=spec.lora.target_modules,
-                           dropout=spec.lora.dropout)
-    return policy
-
-
-def adapter_factory_for(backend: str) -> Callable[[], Any] | None:
-    from razor_robot.policies.adapters import MetaWorldActionAdapter, OpenVLAGoogleRobotAdapter
-
-    return OpenVLAGoogleRobotAdapter if backend == "simpler" else MetaWorldActionAdapter
-
-
-def demonstrator_factory(task: str, backend: str, options: dict[str, Any]) -> Callable[[], Any]:
-    import functools
-
-    from razor_robot.policies import make_demonstrator
-
-    make_demonstrator(task, backend, **options)  # fail fast (missing dependency, checkpoint) before rollouts
-    return functools.partial(make_demonstrator, task, backend, **options)
-
-
-# ------------------------------------------------------------------------------------------------- stages
-
-
-def collect_demos(config: SweepConfig, task: str, positions: np.ndarray | None, episodes_per_point: int,
-                  seed: int, pool: EnvPool, *, progress: bool = True):
-    """Collect (or load from cache) K successful demonstrations per point; returns (dataset, directory)."""
-    from razor_robot.data import CollectionPlan, collect, load_dataset, save_dataset, trajectories_to_dataset
-
-    key = {"backend": config.backend, "env": config.env, "task": task, "k": episodes_per_point, "seed": seed,
-           "positions": None if positions is None else np.round(positions, 6).tolist(),
-           "demonstrator": config.demos.demonstrator, "options": config.demos.demonstrator_options,
-           "attempts": config.demos.max_attempts_factor}
-    directory = config.cache_root() / f"demos-{task}-{config_hash(key)}"
-    try:
-        return load_dataset(directory), directory
-    except FileNotFoundError:
-        pass
-    plan = CollectionPlan(task, episodes_per_point, positions, config.demos.max_attempts_factor, seed)
-    factory = demonstrator_factory(task, config.backend, config.demos.demonstrator_options)
-    kept, grid_index, shortfall = collect(plan, factory, pool=pool, progress=progress)
-    if not kept:
-        raise RuntimeError(f"the {config.demos.demonstrator} demonstrator succeeded on no {task} episode")
-    dataset = trajectories_to_dataset(kept, grid_index)
-    dataset.meta.update(task=task, backend=config.backend, shortfall_per_point=shortfall,
-                        episodes_per_point=episodes_per_point, positions=key["positions"])
-    save_dataset(dataset, directory)
-    return dataset, directory
-
-
-def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True,
-                    log: Callable[[str], None] = print) -> Path:
-    """The base policy's directory: the configured checkpoint, or a cached/pretrained embedded base."""
-    from razor_robot.data import DemoDataset
-    from razor_robot.policies.action_tokenizer import compute_norm_stats
-    from razor_robot.sft import train_sft
-
-    if config.base.checkpoint:
-        path = Path(config.base.checkpoint).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"base checkpoint not found: {path}")
-        return path
-    pretrain = config.base.pretrain
-    key = {"backend": config.backend, "env": config.env, "policy": to_dict(config.policy), "pretrain":
-           to_dict(pretrain), "range": config.position_range, "demos_grid": config.demos.grid_size}
-    directory = config.cache_root() / f"base-{config_hash(key)}"
-    if (directory / "config.json").exists():
-        log(f"base policy: cached at {directory}")
-        return directory
-    start = time.perf_counter()
-    parts = []
-    for i, task in enumerate(config.eval.prior_tasks):
-        dataset, _ = collect_demos(config, task, None, pretrain.prior_episodes, pretrain.seed + 100_000 * i, pool,
-                                   progress=progress)
-        parts.append(dataset)
-    if pretrain.new_task_episodes:
-        from razor_robot.envs import eval_positions, position_ranges
-
-        # Uniform random can positions, one demonstration each (neither the training grid nor the eval set).
-        x_range, y_range = position_ranges(config.backend, config.position_range)
-        points = eval_positions(pretrain.new_task_episodes, seed=pretrain.seed, x_range=x_range, y_range=y_range,
-                                backend=config.backend)
-        dataset, _ = collect_demos(config, config.eval.new_task, points, 1, pretrain.seed + 900_000, pool,
-                                   progress=progress)
-        parts.append(dataset)
-    data = DemoDataset.concatenate(parts)
-    pool.release()  # no env steps while the base trains: free the workers' memory and cores
-    policy = load_for_training(config.policy.name, dataclasses.replace(config.policy, lora=None),
-                               action_dim=int(data.actions.shape[1]))
-    # The gripper command (last dimension) is already in [-1, 1] and binary-like: left un-normalised, as OpenVLA
-    # does for end-effector datasets.
-    mask = [True] * (data.actions.shape[1] - 1) + [False]
-    policy.set_norm_stats(config.unnorm_key, compute_norm_stats(data.actions, mask))
-    train_sft(policy, data, pretrain.sft_config(), unnorm_key=config.unnorm_key, progress=progress)
-    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
-    log(f"base policy: pretrained on {len(data)} steps in {time.perf_counter() - start:.0f} s -> {directory}")
-    return directory
-
-
-def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: EnvPool, *,
-                    progress: bool = True) -> tuple[dict[str, Any], Path]:
-    """Evaluate the base once per sweep and cache the fixed KL observation set x (base's new-task visits)."""
-    eval_path, obs_path = out_dir / "base" / "eval.json", out_dir / "base" / "kl_observations.npz"
-    if eval_path.exists() and obs_path.exists():
-        return json.loads(eval_path.read_text()), obs_path
-    eval_path.parent.mkdir(parents=True, exist_ok=True)
-    policy = load_for_training(str(base_dir), dataclasses.replace(config.inference_policy(), lora=None))
-    _, positions = config.positions()
-    scores, trajectories = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
-                                           adapter_factory=adapter_factory_for(config.backend),
-                                           keep_new_task_images=True, progress=progress)
-    new_task = [t for t in trajectories if t.task == config.eval.new_task]
-    images, instructions = kl_observations(new_task, config.eval.kl_observation_stride)
-    if len(images) > config.kl.max_observations:
-        keep = np.linspace(0, len(images) - 1, config.kl.max_observations).round().astype(int)
-        images, instructions = images[keep], [instructions[i] for i in keep]
-    atomic_save_npz(obs_path, images=images, instructions=np.asarray(instructions))
-    atomic_write_text(eval_path, json.dumps(scores))
-    return scores, obs_path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_save_npz(path: Path, **arrays: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)

@@ -67,6 +67,12 @@ class RLConfig:
     """Added to the group's reward std."""
     checkpoints: int = 3
     """Evenly spaced checkpoints over the iterations (the last is the final model)."""
+    optimizer_steps_per_iteration: int | None = None
+    """None: the paper's form, ceil(N / optim.batch_size) optimiser steps over an iteration's N steps; k: the
+    iteration's steps split into k equal minibatches (1 = one step on the iteration's whole gradient)."""
+    diagnostic_steps: int = 256
+    """Steps subsampled per iteration for the logged diagnostics (action-token entropy, KL to the previous
+    iterate and to the base); 0 turns them off."""
     seed: int = 0
     """Seeds rollout episodes, token sampling and minibatch order."""
 
@@ -79,6 +85,11 @@ class RLConfig:
             raise ValueError("need kl_coef >= 0, 0 < clip_eps < 1 and temperature > 0")
         if self.variant == "kl-reinforce" and self.kl_coef == 0:
             raise ValueError("variant kl-reinforce needs kl_coef > 0")
+        if self.optimizer_steps_per_iteration is not None and self.optimizer_steps_per_iteration < 1:
+            raise ValueError(f"optimizer_steps_per_iteration must be >= 1 or null, "
+                             f"got {self.optimizer_steps_per_iteration}")
+        if self.diagnostic_steps < 0:
+            raise ValueError(f"diagnostic_steps must be >= 0, got {self.diagnostic_steps}")
 
 
 def group_advantages(rewards: np.ndarray, groups: np.ndarray, variant: str = "reinforce",
@@ -183,8 +194,14 @@ def train_reinforce(
     log: Callable[[dict[str, float], int], None] | None = None,
     progress: bool = True,
     accelerator: Any = None,
+    meter: Callable[[int, Any], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``policy`` in place on ``task`` from the training grid ``positions`` (P, 2).
+
+    ``meter(iteration, policy)`` (razor_robot.meter) runs after every iteration; what it returns is logged.
+    Every iteration logs (``log(stats, iteration)``) rollout success, the fraction of groups whose rewards are
+    all equal (zero advantage), the mean pre-clipping gradient norm, and on ``diagnostic_steps`` of the
+    iteration's steps the action-token entropy and the KL to the previous iterate and to the base.
 
     With an ``accelerator`` over several processes (see razor_robot.distributed) each process rolls out the
     grid points ``g`` with ``g % world == rank`` (whole groups, so advantages stay local) with an unsharded
@@ -202,9 +219,9 @@ def train_reinforce(
     actor = VLAActor(rollout_copy.policy, unnorm_key=unnorm_key, temperature=config.temperature,
                      seed=config.seed + rank, adapter_factory=adapter_factory)
     base_logits_fn = None
-    if config.variant == "kl-reinforce":
-        base = base_policy if base_policy is not None else copy.deepcopy(rollout_copy.policy).eval()
-        base_logits_fn = base.action_logits
+    if config.variant == "kl-reinforce" or (config.diagnostic_steps and world == 1):
+        base_logits_fn = _base_logits(rollout_copy.policy if base_policy is None else base_policy,
+                                      copy_weights=base_policy is None)
     model = accelerator.prepare(policy)
     optimizer, scheduler = make_optimizer(model, config.optim)
     optimizer = accelerator.prepare(optimizer)
@@ -230,11 +247,18 @@ def train_reinforce(
                                                   len(rewards)], dtype=torch.float64, device=accelerator.device))
         counts = counts.reshape(world, 4).cpu().numpy()  # per process: steps, successes, active episodes, episodes
         stats = {"rl/success": float(counts[:, 1].sum() / counts[:, 3].sum()),
-                 "rl/active_fraction": float(counts[:, 2].sum() / counts[:, 3].sum())}
+                 "rl/active_fraction": float(counts[:, 2].sum() / counts[:, 3].sum()),
+                 "rl/zero_advantage_groups": _zero_advantage_groups(rewards, np.asarray(groups))}
+        # Its own stream: switching the diagnostics on or off leaves the episodes and updates unchanged.
+        probe = (_diagnostic_probe(batch, config.diagnostic_steps, np.random.default_rng([config.seed, iteration]))
+                 if world == 1 else None)
+        model.eval()
+        before = _probe_logits(rollout_copy.policy, batch, probe, config.optim.micro_batch)
         # Minibatches of ~optim.batch_size steps over all processes: each process splits its shuffled steps into
         # the same number of chunks; chunk k of every process together form optimiser step k.
         steps_per_process = counts[:, 0].astype(int)
-        n_minibatches = max(1, math.ceil(steps_per_process.sum() / config.optim.batch_size))
+        n_minibatches = config.optimizer_steps_per_iteration or max(
+            1, math.ceil(steps_per_process.sum() / config.optim.batch_size))
         minibatch_sizes = sum(np.array([len(c) for c in np.array_split(np.arange(n), n_minibatches)])
                               for n in steps_per_process)  # (n_minibatches,) global steps per optimiser step
         model.train()
@@ -254,19 +278,27 @@ def train_reinforce(
                     loss_value += loss.item() / world
                 loss_value = float(accelerator.reduce(torch.tensor(loss_value, device=accelerator.device), "sum"))
                 finite_or_raise(loss_value, opt_step)
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                            config.optim.max_grad_norm)
+                grad_norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                        config.optim.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 opt_step += 1
-                for key, value in {**{f"rl/{k}": v for k, v in parts.items()}, "train/loss": loss_value}.items():
+                step_stats = {**{f"rl/{k}": v for k, v in parts.items()}, "train/loss": loss_value,
+                              "rl/grad_norm": float(grad_norm)}
+                for key, value in step_stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 n_updates += 1
         model.eval()
         rollout_copy.refresh(model)
         stats.update({key: value / n_updates for key, value in sums.items()})  # means over the iteration
+        stats["rl/optimizer_steps"] = n_updates
+        if before is not None:
+            stats.update(_diagnostics(before, _probe_logits(rollout_copy.policy, batch, probe, config.optim.micro_batch),
+                                      _probe_logits(base_logits_fn, batch, probe, config.optim.micro_batch)))
         history.append(stats["rl/success"])
-        bar.set_postfix(success=f"{stats['rl/success']:.2f}")
+        measured = meter(iteration, policy) if meter is not None else {}
+        stats.update(measured)
+        bar.set_postfix(success=f"{stats['rl/success']:.2f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in measured.items()})
         if log is not None:
             log(stats, iteration)
         if iteration in checkpoint_iterations and on_checkpoint is not None:
@@ -274,6 +306,57 @@ def train_reinforce(
     bar.close()
     return {"rl/final_rollout_success": history[-1], "rl/first_rollout_success": history[0],
             "train/optimizer_steps": opt_step, "train/seconds": time.perf_counter() - start}
+
+
+def _zero_advantage_groups(rewards: np.ndarray, groups: np.ndarray) -> float:
+    """Fraction of groups whose rewards are all equal: they carry no learning signal."""
+    flat = [bool(np.all(rewards[groups == g] == rewards[groups == g][0])) for g in np.unique(groups)]
+    return float(np.mean(flat)) if flat else float("nan")
+
+
+def _base_logits(policy: Any, *, copy_weights: bool) -> Callable:
+    """Teacher-forced action logits of the base policy: the adapter-free weights of a LoRA policy, else a frozen
+    copy of the weights as they are now (before any update)."""
+    if getattr(policy, "lora_config", None) is not None:
+        def base_logits(images, instructions, tokens):
+            with policy.disable_adapter():
+                return policy.action_logits(images, instructions, tokens)
+        return base_logits
+    base = copy.deepcopy(policy).eval() if copy_weights else policy.eval()
+    for parameter in base.parameters():
+        parameter.requires_grad_(False)
+    return base.action_logits
+
+
+def _diagnostic_probe(batch: StepBatch, n: int, generator: np.random.Generator) -> np.ndarray | None:
+    """Indices of up to n of the iteration's steps, None when off."""
+    if n == 0 or len(batch.tokens) == 0:
+        return None
+    return np.sort(generator.choice(len(batch.tokens), size=min(n, len(batch.tokens)), replace=False))
+
+
+@torch.no_grad()
+def _probe_logits(model: Any, batch: StepBatch, probe: np.ndarray | None, micro: int) -> torch.Tensor | None:
+    """(n, D, K) fp32 teacher-forced action logits at the probe steps (``model`` a policy or a logits function)."""
+    if probe is None or model is None:
+        return None
+    logits_fn = getattr(model, "action_logits", model)
+    parts = [logits_fn(batch.images[probe[i:i + micro]], [batch.instructions[j] for j in probe[i:i + micro]],
+                       batch.tokens[probe[i:i + micro]]).float() for i in range(0, len(probe), micro)]
+    return torch.cat(parts)
+
+
+def _diagnostics(before: torch.Tensor, after: torch.Tensor, base: torch.Tensor | None) -> dict[str, float]:
+    """Entropy of the rollout policy and KL(previous ‖ new), KL(base ‖ new), summed over the D action tokens and
+    averaged over the probe steps (nats)."""
+    from razor_robot.metrics import token_distances
+
+    log_p = F.log_softmax(before.double(), -1)
+    out = {"rl/entropy": float(-(log_p.exp() * log_p).sum(-1).sum(-1).mean()),
+           "rl/kl_previous": float(token_distances(before, after)["forward"].sum(-1).mean())}
+    if base is not None:
+        out["rl/kl_base"] = float(token_distances(base, after)["forward"].sum(-1).mean())
+    return out
 
 
 @torch.no_grad()

@@ -130,10 +130,10 @@ def bench_rl_update(cfg: BenchConfig) -> None:
 
 def bench_rl_iteration(cfg: BenchConfig) -> None:
     import razor_robot.reinforce as reinforce
+    from razor_robot.env_pool import EnvPool
     from razor_robot.envs import grid_positions, task_spec
-    from razor_robot.experiment import adapter_factory_for
     from razor_robot.reinforce import RLConfig, train_reinforce
-    from razor_robot.rollout import default_env_factory, make_vector_env
+    from razor_robot.stages.load import adapter_factory_for
     from razor_robot.training import OptimConfig
 
     side = int(round(np.sqrt(cfg.points)))
@@ -141,14 +141,7 @@ def bench_rl_iteration(cfg: BenchConfig) -> None:
     policy = tiny_policy()
     timings: dict[str, float] = {}
     notes: list[str] = []
-    real_rollout, real_advantages = reinforce.rollout, reinforce.group_advantages
-
-    def timed_rollout(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return real_rollout(*args, **kwargs)
-        finally:
-            timings["rollout"] = timings.get("rollout", 0.0) + time.perf_counter() - start
+    real_advantages = reinforce.group_advantages
 
     def advantages_or_synthetic(rewards, groups, variant="reinforce", eps=1e-6):
         adv = real_advantages(rewards, groups, variant, eps)
@@ -159,26 +152,34 @@ def bench_rl_iteration(cfg: BenchConfig) -> None:
         synthetic = np.where(np.arange(len(rewards)) % 2 == 0, 1.0, -1.0)
         return np.where(np.asarray(groups) % 2 == 0, synthetic, 0.0)
 
-    reinforce.rollout, reinforce.group_advantages = timed_rollout, advantages_or_synthetic
-    env = make_vector_env(default_env_factory("pick-can", "metaworld", image_size=64), cfg.workers)
+    class TimedPool(EnvPool):
+        def rollout(self, *args, **kwargs):
+            begin = time.perf_counter()
+            try:
+                return super().rollout(*args, **kwargs)
+            finally:
+                timings["rollout"] = timings.get("rollout", 0.0) + time.perf_counter() - begin
+
+    reinforce.group_advantages = advantages_or_synthetic
+    pool = TimedPool("metaworld", {"image_size": 64}, num_workers=cfg.workers or None)
     try:
-        env.reset(seed=0)  # start the workers outside the timed iteration
+        pool.start()  # start the workers outside the timed iteration
         config = RLConfig(OptimConfig(learning_rate=1e-4, batch_size=256), iterations=1,
-                          rollouts_per_point=cfg.episodes, checkpoints=1)
+                          rollouts_per_point=cfg.episodes, checkpoints=1, diagnostic_steps=0)
         start = time.perf_counter()
         logs = []
-        train_reinforce(policy, positions, config, task="pick-can", unnorm_key="bench", vector_env=env,
+        train_reinforce(policy, positions, config, task="pick-can", unnorm_key="bench", pool=pool,
                         adapter_factory=adapter_factory_for("metaworld"), progress=False,
                         log=lambda stats, it: logs.append(stats))
         total = time.perf_counter() - start
     finally:
-        reinforce.rollout, reinforce.group_advantages = real_rollout, real_advantages
-        env.close()
+        reinforce.group_advantages = real_advantages
+        pool.release()
     episodes = len(positions) * cfg.episodes
     steps = episodes * task_spec("pick-can", "metaworld").horizon
     stats = logs[-1]
     print(f"RL iteration on metaworld pick-can: {len(positions)} points x {cfg.episodes} episodes = {episodes} "
-          f"episodes, {steps} steps, {cfg.workers} workers")
+          f"episodes, {steps} steps, {pool.num_workers} workers x {pool.envs_per_worker} envs")
     print(f"  wall {total:.1f} s = rollout {timings['rollout']:.1f} s ({steps / timings['rollout']:.0f} env steps/s)"
           f" + update {total - timings['rollout']:.1f} s (active fraction {stats['rl/active_fraction']:.2f})")
     for note in notes:

@@ -2,7 +2,7 @@
 
 import pytest
 
-import razor_robot.report  # noqa: F401  (bind the real rollout before no_work patches it)
+import razor_robot.stages.report  # noqa: F401  (bind the real rollout before no_work patches it)
 from razor_robot import cli
 
 CONFIG = """\

@@ -12,7 +12,7 @@ from razor_robot.data import (
     trajectories_to_dataset,
 )
 from razor_robot.env_pool import EnvPool
-from razor_robot.rollout import Trajectory
+from razor_robot.rollout import DemonstratorPolicy, Trajectory
 
 
 def _dataset(n_steps=(3, 2), task="pick-can", seed=0) -> DemoDataset:
@@ -114,10 +114,11 @@ def test_collect_keeps_k_per_point_and_reports_shortfalls():
     plan = CollectionPlan("pick-can", 2, np.array([[0.2, 0.1], [-0.2, 0.0]]), max_attempts_factor=3)
     PickyReacher.built = 0
     with EnvPool(num_workers=1, envs_per_worker=2, env_factory=make_reach_env) as pool:
-        kept, index, shortfall = collect(plan, PickyReacher, pool=pool, progress=False)
+        kept, index, shortfall, attempts = collect(plan, DemonstratorPolicy(PickyReacher), pool=pool, progress=False)
     assert [t.seed for t in kept] == [0, 4] and index == [0, 0]
     assert all(t.success and t.object_xy == (0.2, 0.1) for t in kept)
     assert shortfall == {"1": 2}
+    assert attempts == {"0": 3, "1": 6}
     assert PickyReacher.built == 9  # one fresh demonstrator per episode: 4 + 3 + 2 attempts
 
 
@@ -135,6 +136,7 @@ def test_collect_without_positions_counts_k_in_total():
     # The env draws the can in [-1, 1]^2; 12 steps of up to 0.1 reach any of it.
     PickyReacher.built = 0
     with EnvPool(num_workers=1, envs_per_worker=2, env_factory=functools.partial(make_reach_env, horizon=12)) as pool:
-        kept, index, shortfall = collect(plan, EvenSeedReacher, pool=pool, progress=False)
+        kept, index, shortfall, attempts = collect(plan, DemonstratorPolicy(EvenSeedReacher), pool=pool, progress=False)
     assert [t.seed for t in kept] == [10, 12, 14] and index == [-1, -1, -1] and shortfall == {}
+    assert attempts == {"0": 5}
     assert PickyReacher.built == 5

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from razor_robot.cli import main
-from razor_robot.sweep import read_records
+from razor_robot.records import read_records
 from razor_robot.training import NonFiniteLossError
 
 pytestmark = pytest.mark.slow
@@ -35,9 +35,16 @@ MINI = {
            "grid": {"optim.learning_rate": [1e-4]}},
     "wandb": {"mode": "disabled"},
     "report": {"videos": True, "video_episodes": 1, "video_tile": 64},
+    "meter": {"every": 1, "observations": 8},
+    "predictors": {"probe_observations": 8},
 }
 EXPECTED_RUNS = 3  # 2 SFT + 1 RL
 EXPECTED_CHECKPOINT_RECORDS = 2 * 2 + 1
+POLICY_DEMO_METHODS = {
+    "oracle_sft": {"enabled": True, "config": {"optim": {"batch_size": 16}, "epochs": 1, "checkpoints": 1}},
+    "distill_sft": {"enabled": True, "config": {"optim": {"batch_size": 16}, "epochs": 1, "checkpoints": 1}},
+    "policy_demos": {"episodes_per_point": 1, "max_attempts_factor": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,8 @@ def write_config(directory: Path, cache_dir: Path, **changes) -> Path:
     return path
 
 
-def checkpoint_records(records):
-    return [r for r in records if r.get("method") in ("sft", "rl") and r.get("status") != "failed"]
+def checkpoint_records(records, methods=("sft", "rl")):
+    return [r for r in records if r.get("method") in methods and r.get("status") != "failed"]
 
 
 def test_mini_sweep_writes_records_plots_videos_and_resumes(tmp_path, cache_dir):
@@ -66,18 +73,37 @@ def test_mini_sweep_writes_records_plots_videos_and_resumes(tmp_path, cache_dir)
     runs = checkpoint_records(records)
     assert len(base) == 1 and base[0]["kl"] == 0.0
     assert len(runs) == EXPECTED_CHECKPOINT_RECORDS and len({r["run_id"] for r in runs}) == EXPECTED_RUNS
+    for record in runs + base:
+        for key, n in (("new_task", 2), ("prior/open-drawer", 1), ("prior/close-drawer", 1), ("prior_task", 2)):
+            assert record[f"{key}/n"] == n and 0 <= record[f"{key}/successes"] <= n
+            assert record[key] == pytest.approx(100 * record[f"{key}/successes"] / n)
+            lo, hi = record[f"{key}/ci95"]
+            assert 0 <= lo <= record[key] <= hi <= 100 and hi - lo > 20  # 1-2 episodes: wide Wilson intervals
+        assert {task: len(v) for task, v in record["episodes"].items()} == {
+            "pick-can": 2, "open-drawer": 1, "close-drawer": 1} and record["paired"] is True
     for record in runs:
         assert 0.0 <= record["new_task"] <= 100.0 and 0.0 <= record["prior_task"] <= 100.0
         assert record["kl/forward"] >= 0.0 and record["kl"] == record["kl/forward"]
-        assert set(record) >= {"kl/reverse", "kl/tv", "kl/l2", "prior/open-drawer", "prior/close-drawer"}
+        assert set(record) >= {"kl/reverse", "kl/tv", "kl/l2", "prior/open-drawer", "prior/close-drawer",
+                               "kl/forward/ci95", "forgetting", "forgetting/ci95", "pred/weight_l1",
+                               "pred/fisher_l2", "pred/one_minus_cka", "pred/update_sparsity"}
+        assert record["forgetting"] == pytest.approx(base[0]["prior_task"] - record["prior_task"])
         assert len(record["per_position"]) == 2
         assert (Path(record["checkpoint"]) / "config.json").exists()
+    # The meter forecasts from finished runs only: the first run has no fit, the RL run (after 2 SFT runs) has.
+    first_run = runs[0]["run_id"]
+    assert all("meter/forecast" not in r for r in runs if r["run_id"] == first_run)
+    assert all("meter/forecast" in r for r in runs if r["method"] == "rl")
+    meter_log = [json.loads(line) for line in (out / "runs" / first_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("meter/kl" in line for line in meter_log)
     sft_steps = [r["step"] for r in runs if r["method"] == "sft"]
     assert len(sft_steps) == 4 and all(s > 0 for s in sft_steps)
     for name in ("frontier.png", "kl_forgetting.png", "summary.txt", "best-sft-pick-can.mp4",
                  "best-rl-open-drawer.mp4"):
         assert (out / name).stat().st_size > 0, name
-    assert "sft" in (out / "summary.txt").read_text()
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith("verdict: ") and "sft" in summary and "meter:" in summary
+    assert (out / "table1.csv").exists()
 
     # The same command again resumes: every run is already there, nothing is added.
     assert main(["sweep", str(config), "--out", str(out), "--no-progress"]) == 0
@@ -155,3 +181,25 @@ def test_lora_run_saves_adapters_and_measures_the_distance_to_the_base(tmp_path,
     assert len(runs) == 2 and all(r["kl/forward"] > 0 for r in runs)
     saved = json.loads((Path(runs[-1]["checkpoint"]) / "config.json").read_text())
     assert saved["lora"]["r"] == 4
+
+
+def test_oracle_and_distill_runs_train_on_policy_episodes_or_fail_with_the_reason(tmp_path, cache_dir):
+    # The miniature base rarely lifts the can: each policy-data method either trains on the successes it found
+    # (its sampled tokens are the labels) or is recorded as failed, saying no episode succeeded.
+    config = write_config(tmp_path, cache_dir, report={"videos": False}, **POLICY_DEMO_METHODS,
+                          sft={**MINI["sft"], "enabled": False})
+    out = tmp_path / "out"
+    assert main(["sweep", str(config), "--out", str(out), "--no-progress"]) == 0
+    records = read_records(out / "results.jsonl")
+    for method in ("oracle-sft", "distill-sft"):
+        own = [r for r in records if r.get("method") == method]
+        assert own, method
+        if own[0].get("status") == "failed":
+            assert "succeeded on no pick-can episode" in own[0]["reason"], own[0]["reason"]
+        else:
+            from razor_robot.data import load_dataset
+
+            directory = out / ("oracle-demos" if method == "oracle-sft" else "distill-demos")
+            datasets = [p.parent for p in directory.rglob("meta.json")]
+            assert len(datasets) == 1 and load_dataset(datasets[0]).tokens is not None
+            assert all(r["forgetting/ci95"] for r in own)

@@ -1,4 +1,5 @@
-"""End-of-sweep report: frontier and KL plots, rollout videos of the best checkpoints, a text summary."""
+"""Stage: the end-of-sweep report: ``summary.txt`` opening with the verdict, the frontier and KL plots, Table 1,
+the forgetting meter's forecasts against the measurements, and rollout videos of the best checkpoints."""
 
 from __future__ import annotations
 
@@ -7,32 +8,30 @@ from pathlib import Path
 from typing import Any, Callable
 
 from razor_robot.acting import VLAActor
-from razor_robot.experiment import SweepConfig, adapter_factory_for, load_for_training
+from razor_robot.experiment import METHODS, SweepConfig
 from razor_robot.frontier import frontier_outputs
+from razor_robot.meter import fit_from_records, meter_summary
+from razor_robot.records import atomic_write_text, completed_records, read_records
 from razor_robot.rollout import EpisodeRequest
-from razor_robot.sweep import read_records
+from razor_robot.stages.load import adapter_factory_for, load_for_training
 from razor_robot.video import write_rollout_video
 
 
-def completed_records(results: Path) -> list[dict[str, Any]]:
-    return [r for r in read_records(results) if r.get("status") != "failed"]
-
-
 def best_checkpoint(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
-    """Highest new-task success, then highest prior-task success."""
+    """Highest new-task success, then highest prior-task success (distill-sft distils RL's best by this rule)."""
     own = [r for r in records if r["method"] == method]
     return max(own, key=lambda r: (r["new_task"], r["prior_task"])) if own else None
 
 
 def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Path, *,
                  progress: bool = True) -> list[Path]:
-    """MP4s of the best SFT and best RL checkpoints on the new task and the first prior task."""
+    """MP4s of each method's best checkpoint on the new task and the first prior task."""
     _, positions = config.positions()
     episodes = config.report.video_episodes
     tasks = [config.eval.new_task] + list(config.eval.prior_tasks[:1])
     written = []
     with config.env_pool() as pool:
-        for method in ("sft", "rl"):
+        for method in METHODS:
             best = best_checkpoint(records, method)
             if best is None:
                 continue
@@ -54,18 +53,22 @@ def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Pa
 
 def write_report(config: SweepConfig, results: Path, out_dir: Path, *, progress: bool = True,
                  log: Callable[[str], None] = print) -> str:
-    """Plots, Table 1, videos and ``summary.txt`` (which opens with the ``verdict:`` line); returns its text."""
+    """``summary.txt`` (opening with the ``verdict:`` line), the plots, Table 1, ``meter_fit.json`` and the
+    videos; returns the summary text."""
     all_records = read_records(results)
     records = completed_records(results)
     failed = [r for r in all_records if r.get("status") == "failed"]
-    lines = [frontier_outputs(records, out_dir), "",
+    lines = [frontier_outputs(records, out_dir), "", meter_summary(records),
              f"{config.name}: {len(records) - 1} fine-tuned checkpoints, {len(failed)} failed runs; "
              f"evaluation: {config.eval.plan()[2]}"]
     lines += [f"failed run {r['run_id']} ({r['hparams']}): {r['reason']}" for r in failed]
+    fit = fit_from_records(records)
+    if fit is not None:
+        atomic_write_text(out_dir / "meter_fit.json", fit.to_json())
     if config.report.videos:
         videos = write_videos(config, records, out_dir, progress=progress)
         lines.append("videos: " + ", ".join(p.name for p in videos))
     text = "\n".join(lines).rstrip() + "\n"
-    (out_dir / "summary.txt").write_text(text)
+    atomic_write_text(out_dir / "summary.txt", text)
     log(text)
     return text

@@ -1,0 +1,152 @@
+"""Stage: the base policy pi0 and the fixed sets every checkpoint of a sweep is measured on.
+
+- :func:`base_checkpoint`: the configured checkpoint (paper path: OpenVLA-7B), or, for the embedded default,
+  a base pretrained here by behaviour cloning on the prior tasks plus a little new-task data (cached under the
+  cache directory by config hash, so two sweeps with the same recipe share it).
+- :func:`base_evaluation`: the base's evaluation record (once per sweep), and from its episodes
+  * ``kl_observations.npz``: every k-th new-task observation, the fixed x of E_x[KL(pi0 || pi)];
+  * ``prior_probes.npz``: prior-task observations, the probe set of the activation predictors (Table 1);
+  * ``fisher.safetensors``: the base's diagonal empirical Fisher on those probes (Fisher-weighted L2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from razor_robot.config import config_hash, to_dict
+from razor_robot.env_pool import EnvPool
+from razor_robot.evaluation import evaluate_policy, kl_observations
+from razor_robot.experiment import SweepConfig
+from razor_robot.records import atomic_save_npz, atomic_write_text
+from razor_robot.stages.demos import collect_demos
+from razor_robot.stages.load import adapter_factory_for, load_for_training
+
+
+@dataclass(frozen=True)
+class BaseArtifacts:
+    """Where a sweep's base stage left its outputs (plain strings: the runs may be Ray tasks)."""
+
+    checkpoint: str
+    """The base policy's directory."""
+    eval_path: str
+    """Its evaluation record (JSON, with per-episode outcomes)."""
+    kl_observations: str
+    """npz of images + instructions: the fixed new-task observations of the KL."""
+    prior_probes: str | None
+    """npz of images + instructions: prior-task probe observations (None when predictors are off)."""
+    fisher: str | None
+    """safetensors of the base's diagonal Fisher on the probes (None when off)."""
+
+    def scores(self) -> dict[str, Any]:
+        return json.loads(Path(self.eval_path).read_text())
+
+
+def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True,
+                    log: Callable[[str], None] = print) -> Path:
+    """The base policy's directory: the configured checkpoint, or a cached/pretrained embedded base."""
+    from razor_robot.data import DemoDataset
+    from razor_robot.policies.action_tokenizer import compute_norm_stats
+    from razor_robot.sft import train_sft
+
+    if config.base.checkpoint:
+        path = Path(config.base.checkpoint).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"base checkpoint not found: {path}")
+        return path
+    pretrain = config.base.pretrain
+    key = {"backend": config.backend, "env": config.env, "policy": to_dict(config.policy), "pretrain":
+           to_dict(pretrain), "range": config.position_range, "demos_grid": config.demos.grid_size}
+    directory = config.cache_root() / f"base-{config_hash(key)}"
+    if (directory / "config.json").exists():
+        log(f"base policy: cached at {directory}")
+        return directory
+    start = time.perf_counter()
+    parts = []
+    for i, task in enumerate(config.eval.prior_tasks):
+        dataset, _ = collect_demos(config, task, None, pretrain.prior_episodes, pretrain.seed + 100_000 * i, pool,
+                                   progress=progress)
+        parts.append(dataset)
+    if pretrain.new_task_episodes:
+        from razor_robot.envs import eval_positions, position_ranges
+
+        # Uniform random can positions, one demonstration each (neither the training grid nor the eval set).
+        x_range, y_range = position_ranges(config.backend, config.position_range)
+        points = eval_positions(pretrain.new_task_episodes, seed=pretrain.seed, x_range=x_range, y_range=y_range,
+                                backend=config.backend)
+        dataset, _ = collect_demos(config, config.eval.new_task, points, 1, pretrain.seed + 900_000, pool,
+                                   progress=progress)
+        parts.append(dataset)
+    data = DemoDataset.concatenate(parts)
+    pool.release()  # no env steps while the base trains: free the workers' memory and cores
+    policy = load_for_training(config.policy.name, dataclasses.replace(config.policy, lora=None),
+                               action_dim=int(data.actions.shape[1]))
+    # The gripper command (last dimension) is already in [-1, 1] and binary-like: left un-normalised, as OpenVLA
+    # does for end-effector datasets.
+    mask = [True] * (data.actions.shape[1] - 1) + [False]
+    policy.set_norm_stats(config.unnorm_key, compute_norm_stats(data.actions, mask))
+    train_sft(policy, data, pretrain.sft_config(), unnorm_key=config.unnorm_key, progress=progress)
+    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    log(f"base policy: pretrained on {len(data)} steps in {time.perf_counter() - start:.0f} s -> {directory}")
+    return directory
+
+
+def _subsample(images: np.ndarray, instructions: list[str], n: int) -> tuple[np.ndarray, list[str]]:
+    """At most n observations, evenly spaced (deterministic)."""
+    if len(images) <= n:
+        return images, instructions
+    keep = np.linspace(0, len(images) - 1, n).round().astype(int)
+    return images[keep], [instructions[i] for i in keep]
+
+
+def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: EnvPool, *,
+                    progress: bool = True) -> BaseArtifacts:
+    """Evaluate the base once per sweep and cache the fixed observation sets (see the module docstring)."""
+    root = out_dir / "base"
+    predictors = config.predictors
+    artifacts = BaseArtifacts(
+        checkpoint=str(base_dir), eval_path=str(root / "eval.json"),
+        kl_observations=str(root / "kl_observations.npz"),
+        prior_probes=str(root / "prior_probes.npz") if predictors.enabled else None,
+        fisher=str(root / "fisher.safetensors") if predictors.enabled and predictors.fisher else None)
+    paths = [p for p in (artifacts.eval_path, artifacts.kl_observations, artifacts.prior_probes, artifacts.fisher) if p]
+    if all(Path(p).exists() for p in paths):
+        return artifacts
+    policy = load_for_training(str(base_dir), dataclasses.replace(config.inference_policy(), lora=None))
+    _, positions = config.positions()
+    scores, trajectories = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
+                                           adapter_factory=adapter_factory_for(config.backend),
+                                           keep_new_task_images=True, keep_prior_images=predictors.enabled,
+                                           progress=progress)
+    new_task = [t for t in trajectories if t.task == config.eval.new_task]
+    images, instructions = _subsample(*kl_observations(new_task, config.eval.kl_observation_stride),
+                                      config.kl.max_observations)
+    atomic_save_npz(Path(artifacts.kl_observations), images=images, instructions=np.asarray(instructions))
+    if artifacts.prior_probes:
+        prior = [t for t in trajectories if t.task != config.eval.new_task]
+        images, instructions = _subsample(*kl_observations(prior, 1), predictors.probe_observations)
+        atomic_save_npz(Path(artifacts.prior_probes), images=images, instructions=np.asarray(instructions))
+        if artifacts.fisher:
+            import torch
+
+            from razor_robot.predictors import diagonal_fisher, save_fisher
+
+            # Actions sampled from pi0 at T=1: the Fisher of pi0's own action distribution, not of its mode.
+            fisher = diagonal_fisher(policy, images, instructions, generator=torch.Generator().manual_seed(0))
+            tmp = Path(artifacts.fisher).with_name(f".fisher.tmp{os.getpid()}.safetensors")
+            save_fisher(tmp, fisher)
+            os.replace(tmp, artifacts.fisher)
+    atomic_write_text(Path(artifacts.eval_path), json.dumps(scores))
+    return artifacts

@@ -1,0 +1,97 @@
+"""Stage: K successful episodes per training-grid point, from a demonstrator or from a policy.
+
+- :func:`collect_demos`: the demonstrator's (Meta-World experts, RT-1 or the scripted Google-robot expert);
+  the SFT arm's data and the base's pretraining data. Cached under the cache directory by everything that
+  determines it.
+- :func:`collect_policy_demos`: a policy checkpoint's own episodes at temperature 1, kept when they succeed
+  (rejection sampling): for the base policy these are samples of pi0 conditioned on success, the KL-minimal
+  distribution that always succeeds (oracle-sft); for the best RL checkpoint, its successful behaviour
+  (distill-sft). The tokens the policy sampled are stored with the steps and become the SFT labels exactly.
+  Attempts are capped (``policy_demos.max_attempts_factor`` per wanted success) and shortfalls reported.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from razor_robot.config import config_hash
+from razor_robot.env_pool import EnvPool
+from razor_robot.experiment import SweepConfig
+
+
+def demonstrator_factory(task: str, backend: str, options: dict[str, Any]) -> Callable[[], Any]:
+    """A picklable maker of fresh demonstrators; builds one first so a missing dependency or checkpoint fails
+    before any episode runs."""
+    from razor_robot.policies import make_demonstrator
+
+    make_demonstrator(task, backend, **options)
+    return functools.partial(make_demonstrator, task, backend, **options)
+
+
+def _collect_into(directory: Path, plan: Any, policy: Any, pool: EnvPool, meta: dict[str, Any],
+                  progress: bool, what: str):
+    from razor_robot.data import collect, save_dataset, trajectories_to_dataset
+
+    kept, grid_index, shortfall, attempts = collect(plan, policy, pool=pool, progress=progress)
+    if not kept:
+        raise RuntimeError(f"{what} succeeded on no {plan.task} episode")
+    dataset = trajectories_to_dataset(kept, grid_index)
+    dataset.meta.update(meta, shortfall_per_point=shortfall, attempts_per_point=attempts,
+                        episodes_per_point=plan.episodes_per_point)
+    save_dataset(dataset, directory)
+    return dataset
+
+
+def collect_demos(config: SweepConfig, task: str, positions: np.ndarray | None, episodes_per_point: int,
+                  seed: int, pool: EnvPool, *, progress: bool = True):
+    """Collect (or load from cache) K successful demonstrations per point; returns (dataset, directory)."""
+    from razor_robot.data import CollectionPlan, load_dataset
+    from razor_robot.rollout import DemonstratorPolicy
+
+    key = {"backend": config.backend, "env": config.env, "task": task, "k": episodes_per_point, "seed": seed,
+           "positions": None if positions is None else np.round(positions, 6).tolist(),
+           "demonstrator": config.demos.demonstrator, "options": config.demos.demonstrator_options,
+           "attempts": config.demos.max_attempts_factor}
+    directory = config.cache_root() / f"demos-{task}-{config_hash(key)}"
+    try:
+        return load_dataset(directory), directory
+    except FileNotFoundError:
+        pass
+    plan = CollectionPlan(task, episodes_per_point, positions, config.demos.max_attempts_factor, seed)
+    factory = demonstrator_factory(task, config.backend, config.demos.demonstrator_options)
+    meta = {"task": task, "backend": config.backend, "source": config.demos.demonstrator,
+            "positions": key["positions"]}
+    dataset = _collect_into(directory, plan, DemonstratorPolicy(factory), pool, meta, progress,
+                            f"the {config.demos.demonstrator} demonstrator")
+    return dataset, directory
+
+
+def collect_policy_demos(config: SweepConfig, checkpoint: str, directory: Path, pool: EnvPool, *,
+                         progress: bool = True):
+    """K successful episodes per training-grid point of a policy checkpoint at ``policy_demos.temperature``
+    (see the module docstring); cached in ``directory``. Returns (dataset, directory)."""
+    from razor_robot.acting import VLAActor
+    from razor_robot.data import CollectionPlan, load_dataset
+    from razor_robot.stages.load import adapter_factory_for, load_for_training
+
+    try:
+        return load_dataset(directory), directory
+    except FileNotFoundError:
+        pass
+    spec = config.policy_demos
+    grid, _ = config.positions()
+    k = spec.episodes_per_point or config.demos.episodes_per_point
+    import dataclasses
+
+    policy = load_for_training(checkpoint, dataclasses.replace(config.inference_policy(), lora=None)).eval()
+    actor = VLAActor(policy, unnorm_key=config.unnorm_key, temperature=spec.temperature, seed=spec.seed,
+                     adapter_factory=adapter_factory_for(config.backend))
+    plan = CollectionPlan(config.eval.new_task, k, grid, spec.max_attempts_factor, spec.seed)
+    meta = {"task": config.eval.new_task, "backend": config.backend, "source": str(checkpoint),
+            "temperature": spec.temperature, "positions": np.round(grid, 6).tolist()}
+    dataset = _collect_into(directory, plan, actor, pool, meta, progress, f"the policy {checkpoint}")
+    return dataset, directory
