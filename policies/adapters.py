@@ -10,6 +10,11 @@ episode start) that takes one action (D,) or a batch (N, D) with one row per env
   action_scale, roll/pitch/yaw (static-axis xyz Euler) -> axis-angle, and the absolute "open gripper" output
   (1 open, 0 closed) turned into a relative closing command held for ``sticky_gripper_num_repeat`` steps.
 
+The other direction, for SFT labels: :func:`env_actions_to_openvla_labels` turns one demonstration's env
+actions (RT-1's or a scripted expert's: axis-angle rotation, relative gripper) into OpenVLA's fractal
+convention (roll/pitch/yaw, absolute gripper by openvla's rel->abs rule), so that the labels, tokenised and
+replayed through :class:`OpenVLAGoogleRobotAdapter`, give back the demonstrator's env actions.
+
 Example::
 
     adapter = OpenVLAGoogleRobotAdapter()
@@ -175,3 +180,85 @@ class OpenVLAGoogleRobotAdapter:
         grip = self.gripper(batch[:, 6])[:, None]  # (N, 1)
         out = np.concatenate([xyz, rot, grip], axis=1)  # (N, 7)
         return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Env actions -> OpenVLA (fractal) labels
+# ---------------------------------------------------------------------------------------------------------
+
+GRIPPER_COMMAND_THRESHOLD = 0.1
+"""openvla's rel2abs rule counts a relative gripper command as "close" above +0.1, "open" below -0.1."""
+
+
+def rel2abs_gripper_actions(relative: np.ndarray) -> np.ndarray:
+    """openvla's ``rel2abs_gripper_actions`` (prismatic/vla/datasets/rlds/utils/data_utils.py), in numpy.
+
+    (T,) relative commands of one episode (> 0.1 close, < -0.1 open, else no change) -> (T,) absolute
+    "open gripper" values, 1.0 = open, 0.0 = closed. Every step holds the latest command; the steps before
+    the first command get its opposite (the rule assumes that command is not redundant), and an episode
+    without any command is open throughout. This is the rule openvla's ``rt1_dataset_transform``
+    (prismatic/vla/datasets/rlds/oxe/transforms.py) applies to the fractal (RT-1) dataset that OpenVLA was
+    trained on, so labels made with it are in the convention OpenVLA's gripper token already speaks.
+
+    >>> rel2abs_gripper_actions(np.array([0.0, 1.0, 0.0, 0.0, -1.0, 0.0])).tolist()
+    [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    """
+    g = np.asarray(relative, dtype=np.float64)
+    if g.ndim != 1 or not np.all(np.isfinite(g)):
+        raise ValueError(f"relative gripper commands must be a finite (T,) array, got shape {g.shape}")
+    # openvla's sign convention inside the rule: +1 = open, -1 = close, 0 = no change.
+    signed = np.where(g < -GRIPPER_COMMAND_THRESHOLD, 1, np.where(g > GRIPPER_COMMAND_THRESHOLD, -1, 0))
+    commanded = np.flatnonzero(signed)
+    start = -signed[commanded[0]] if len(commanded) else 1
+    last = np.maximum.accumulate(np.where(signed != 0, np.arange(len(g)), -1))  # (T,) latest command index
+    state = np.where(last >= 0, signed[np.maximum(last, 0)], start)  # (T,) +1 open, -1 closed
+    return state / 2.0 + 0.5
+
+
+def axis_angle_to_euler(rotvec: np.ndarray) -> np.ndarray:
+    """(..., 3) rotation vector -> (..., 3) roll, pitch, yaw about the static x, y, z axes (R = Rz Ry Rx).
+
+    The inverse of :func:`euler_to_axis_angle` for |pitch| < pi/2 (transforms3d's mat2euler, "sxyz").
+    """
+    v = np.asarray(rotvec, dtype=np.float64)  # (..., 3)
+    angle = np.linalg.norm(v, axis=-1, keepdims=True)  # (..., 1)
+    axis = v / np.where(angle > 0, angle, 1.0)
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    c, s = np.cos(angle[..., 0]), np.sin(angle[..., 0])
+    t = 1.0 - c
+    r00, r10, r20 = t * x * x + c, t * x * y + s * z, t * x * z - s * y  # Rodrigues, first column
+    r21, r22 = t * y * z + s * x, t * z * z + c
+    roll = np.arctan2(r21, r22)
+    pitch = np.arctan2(-r20, np.hypot(r00, r10))
+    yaw = np.arctan2(r10, r00)
+    return np.stack([roll, pitch, yaw], axis=-1)  # (..., 3)
+
+
+def env_actions_to_openvla_labels(actions: np.ndarray, action_scale: float = 1.0) -> np.ndarray:
+    """One demonstration's env actions (T, 7) -> its OpenVLA SFT labels (T, 7), fractal convention.
+
+    In: what the demonstrator sent the SimplerEnv Google robot, step by step from the episode's first step:
+    xyz delta, axis-angle rotation delta, relative gripper (> 0 closes). Out: the un-normalised 7-D action
+    OpenVLA predicts for ``unnorm_key="fractal20220817_data"``: xyz / action_scale, roll/pitch/yaw (the
+    rotation the adapter's euler -> axis-angle maps back to the env's, divided by action_scale), and the
+    absolute open-gripper value (1 open, 0 closed) by openvla's rel->abs rule
+    (:func:`rel2abs_gripper_actions`), since OpenVLA learnt the fractal gripper from exactly that rule and
+    SimplerEnv's OpenVLA wrapper (:class:`OpenVLAGoogleRobotAdapter`) reads it back as absolute. Storing
+    RT-1's raw relative command instead would teach "open" (1) exactly where RT-1 closed.
+
+    ``action_scale`` must equal the adapter's. Convert whole episodes (the rule scans from step 0), before any
+    clipping. SimplerEnv's wrapper sends no gripper command at an episode's first step and holds each change
+    for 15 steps, so a close at step 0, or a release within 15 steps of a grasp, does not replay (see
+    tests/test_adapters.py).
+    """
+    a = np.asarray(actions, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != 7:
+        raise ValueError(f"env actions must have shape (T, 7), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("env actions must be finite")
+    if not (np.isfinite(action_scale) and action_scale > 0):
+        raise ValueError(f"action_scale must be a positive number, got {action_scale!r}")
+    xyz = a[:, :3] / action_scale  # (T, 3)
+    rpy = axis_angle_to_euler(a[:, 3:6] / action_scale)  # (T, 3)
+    gripper = rel2abs_gripper_actions(a[:, 6])[:, None]  # (T, 1)
+    return np.concatenate([xyz, rpy, gripper], axis=1)  # (T, 7)

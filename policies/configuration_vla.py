@@ -27,6 +27,8 @@ __all__ = [
     "SIGLIP_MEAN",
     "SIGLIP_STD",
     "OPENVLA_PROMPT",
+    "SIMPLER_ENV_PROMPT",
+    "PROMPT_TEMPLATES",
     "VisionTowerConfig",
     "LLMConfig",
     "VLAConfig",
@@ -42,6 +44,11 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 
 OPENVLA_PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
 """OpenVLA's prompt; the instruction is lower-cased and stripped before formatting."""
+SIMPLER_ENV_PROMPT = "{instruction}"
+"""SimplerEnv's OpenVLA wrapper passes the bare instruction to the processor (openvla_model.py)."""
+PROMPT_TEMPLATES = {"openvla": OPENVLA_PROMPT, "simpler-env": SIMPLER_ENV_PROMPT}
+"""Named prompts accepted by VLAConfig.prompt_template: "openvla" = OpenVLA's training prompt (its
+finetune.py and predict_action), "simpler-env" = the bare instruction SimplerEnv's OpenVLA wrapper sends."""
 
 PROJECTOR_TYPES = ("gelu-mlp", "fused-gelu-mlp")
 RESIZE_STRATEGIES = ("resize-naive",)
@@ -146,7 +153,9 @@ class VLAConfig:
     image_resize_strategy: str = "resize-naive"
     """Only OpenVLA's "resize-naive" (squash to the tower size, bicubic, antialiased) is implemented."""
     prompt_template: str = OPENVLA_PROMPT
-    """Prompt with an {instruction} field."""
+    """Prompt with an {instruction} field, or a PROMPT_TEMPLATES name ("openvla", "simpler-env") that is
+    replaced by its template (the saved config holds the template). Either way the processor appends
+    Llama's empty "▁" token, as OpenVLA's predict_action does."""
     norm_stats: dict[str, Any] = field(default_factory=dict)
     """OpenVLA-layout action statistics per dataset key ({key: {"action": {"q01", "q99", "mask", ...}}})."""
     attn_implementation: str = "sdpa"
@@ -164,8 +173,12 @@ class VLAConfig:
                 f"image_resize_strategy {self.image_resize_strategy!r} not supported "
                 f"(only {RESIZE_STRATEGIES})"
             )
+        self.prompt_template = PROMPT_TEMPLATES.get(self.prompt_template, self.prompt_template)
         if "{instruction}" not in self.prompt_template:
-            raise ValueError(f"prompt_template lacks an {{instruction}} field: {self.prompt_template!r}")
+            raise ValueError(
+                f"prompt_template must name one of {sorted(PROMPT_TEMPLATES)} or contain an {{instruction}} "
+                f"field, got {self.prompt_template!r}"
+            )
         if self.vocab_size <= self.n_action_bins:
             raise ValueError(
                 f"vocabulary ({self.vocab_size}) must be larger than n_action_bins ({self.n_action_bins})"

@@ -6,7 +6,12 @@ policies unchanged. pick-can adapts the pick-place policy to the project's can: 
 4.5 cm above the table (the puck's stood 2 cm), so the grasp height and the "not yet lifted" test change,
 and the policy closes the gripper only once the fingers straddle the can.
 
-simpler: RT1Demonstrator from .rt1_demonstrator (imported lazily, it needs TensorFlow).
+simpler: kind "rt1" (the default) is RT1Demonstrator from .rt1_demonstrator (imported lazily, it needs
+TensorFlow and a checkpoint); kind "scripted" is GoogleRobotPickCan from .google_robot_demonstrator (pick-can
+only, numpy only).
+
+Every demonstrator has ``act(obs) -> action``, ``reset()`` and ``done`` (True once it has ended its episode:
+RT-1's terminate_episode; always False for the scripted experts).
 
 This module must not import razor_robot.envs (the package layering forbids it), so the two constants it
 shares with the Meta-World backend are restated here and checked against it in tests/test_demonstrators.py.
@@ -15,12 +20,14 @@ shares with the Meta-World backend are restated here and checked against it in t
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 TASKS = ("pick-can", "open-drawer", "close-drawer")
 BACKENDS = ("metaworld", "simpler")
+KINDS: Dict[str, Tuple[str, ...]] = {"metaworld": ("scripted",), "simpler": ("rt1", "scripted")}
+"""Demonstrator kinds per backend; the first is the backend's default."""
 
 CAN_REST_Z = 0.045
 """Height of the can's centre standing on the table (envs.metaworld_backend.CAN_REST_Z)."""
@@ -78,6 +85,9 @@ def _load_metaworld_policies() -> Dict[str, Any]:
 class MetaWorldExpert:
     """A Meta-World scripted policy behind the demonstrator interface: act(obs) -> float32 (4,) in [-1, 1]."""
 
+    done = False
+    """Meta-World episodes always run to the horizon."""
+
     def __init__(self, task: str) -> None:
         _check(task, "metaworld")
         self.task = task
@@ -103,13 +113,29 @@ def _check(task: str, backend: str) -> None:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def make_demonstrator(task: str, backend: str = "metaworld", **kwargs: Any) -> Any:
-    """The scripted expert for a task: MetaWorldExpert, or RT1Demonstrator for backend="simpler"."""
+def make_demonstrator(
+    task: str, backend: str = "metaworld", kind: Optional[str] = None, **options: Any
+) -> Any:
+    """The demonstrator for a task: ``kind`` "scripted" or "rt1" (None: the backend's default, KINDS[0]).
+
+    metaworld/scripted: MetaWorldExpert (no options); simpler/rt1: RT1Demonstrator(task, **options) (e.g.
+    checkpoint_dir); simpler/scripted: GoogleRobotPickCan(**options) (PickCanConfig fields), pick-can only.
+    """
     _check(task, backend)
-    if backend == "simpler":
+    kind = KINDS[backend][0] if kind is None else kind
+    if kind not in KINDS[backend]:
+        kinds = ", ".join(KINDS[backend])
+        raise ValueError(f"unknown {backend} demonstrator kind {kind!r}; expected one of {kinds}")
+    if backend == "simpler" and kind == "rt1":
         from .rt1_demonstrator import RT1Demonstrator
 
-        return RT1Demonstrator(task, **kwargs)
-    if kwargs:
-        raise ValueError(f"the metaworld demonstrator takes no options, got {sorted(kwargs)}")
+        return RT1Demonstrator(task, **options)
+    if backend == "simpler":
+        if task != "pick-can":
+            raise ValueError(f"the scripted simpler demonstrator does pick-can only, not {task!r}; use 'rt1'")
+        from .google_robot_demonstrator import GoogleRobotPickCan
+
+        return GoogleRobotPickCan(**options)
+    if options:
+        raise ValueError(f"the metaworld demonstrator takes no options, got {sorted(options)}")
     return MetaWorldExpert(task)

@@ -297,12 +297,15 @@ class VLAPolicy(nn.Module):
         return tokens
 
     # ---- policy API ----
-    def forward(self, images, instructions: Sequence[str], action_tokens) -> torch.Tensor:
-        """Teacher-forced action logits (B, D, 256), as ``action_logits``.
+    def forward(self, images, instructions: Sequence[str], action_tokens, full_vocabulary: bool = False) -> torch.Tensor:
+        """Teacher-forced action logits (B, D, 256), as ``action_logits``; with ``full_vocabulary`` the whole
+        vocabulary's logits at the D action tokens and the end-of-sequence token, as ``sequence_logits``.
 
-        Training goes through ``policy(...)`` rather than ``policy.action_logits(...)`` so that wrappers that
-        hook the root module's forward (DDP gradient sync, FSDP parameter unsharding) see every step.
+        Training goes through ``policy(...)`` rather than the methods so that wrappers that hook the root
+        module's forward (DDP gradient sync, FSDP parameter unsharding) see every step.
         """
+        if full_vocabulary:
+            return self.sequence_logits(images, instructions, action_tokens)
         return self.action_logits(images, instructions, action_tokens)
 
     def action_logits(self, images, instructions: Sequence[str], action_tokens) -> torch.Tensor:
@@ -320,6 +323,19 @@ class VLAPolicy(nn.Module):
         logits = self.action_logits(images, instructions, action_tokens).float()  # (B, D, 256)
         index = (self._check_tokens(action_tokens, logits.shape[0]) - self.action_token_offset).unsqueeze(-1)
         return F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1).sum(-1)  # (B,)
+
+    def sequence_logits(self, images, instructions: Sequence[str], action_tokens) -> torch.Tensor:
+        """Teacher-forced logits over the whole vocabulary (B, D + 1, V) at the positions openvla's
+        finetune.py puts its loss on: rows 0..D-1 predict the D action tokens, row D the end-of-sequence
+        token (``processor.eos_id``) after them. V = the LM head's rows (pad rows included, as OpenVLA's).
+        """
+        tokens = self._check_tokens(action_tokens, self._check_batch(images, instructions))  # (B, D)
+        embeds, mask = self._prefix(images, instructions)  # (B, T0, H), (B, T0)
+        fed = self.language_model.get_input_embeddings()(tokens)  # (B, D, H): all D tokens, EOS follows
+        embeds = torch.cat([embeds, fed], dim=1)  # (B, T0 + D, H)
+        mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)  # (B, T0 + D)
+        hidden, _ = self._decode(embeds, mask, self.processor.pad_mask_positions(mask))
+        return self.language_model.lm_head(hidden[:, -(self.action_dim + 1) :])  # (B, D + 1, V)
 
     def final_hidden_state(self, images, instructions: Sequence[str]) -> torch.Tensor:
         """The LLM's last-layer hidden state, after the final RMSNorm (LlamaModel's last_hidden_state), at the

@@ -8,7 +8,13 @@ channel-stacked: (B, 3 * n_towers, S, S).
 Prompts: OpenVLA formats "In: What action should the robot take to {instruction}?\\nOut:" with a lower-cased,
 stripped instruction, tokenises it with BOS, and (in `predict_action`) appends Llama's empty "▁" token
 (id 29871) when the prompt does not already end with it, because training sequences had that token between
-"Out:" and the action tokens. We append the vocabulary's "▁" id whenever the tokenizer has one.
+"Out:" and the action tokens. We append the vocabulary's "▁" id whenever the tokenizer has one. The template
+is `config.prompt_template`: "openvla" (the above, default) or "simpler-env" (the bare instruction, which
+SimplerEnv's OpenVLA wrapper sends; its instructions are already lower case).
+
+SimplerEnv's 224 px frames: its OpenVLA wrapper shrinks the native 512 x 640 frame to 224 x 224 with
+cv2.INTER_AREA. In razor-robot the simpler env does that resize itself (`image_size=224`, a bit-exact
+INTER_AREA), so the frames arrive at the towers' size and are not resized again here.
 """
 
 from __future__ import annotations
@@ -129,6 +135,7 @@ class VLAProcessor:
         if self.bos_id is None:
             raise ValueError("tokenizer has no <s> (BOS) token")
         self.empty_id = tokenizer.token_to_id(EMPTY_TOKEN)
+        self.eos_id = tokenizer.token_to_id("</s>")  # ends OpenVLA's training sequences (its loss target)
         self._prompt_cache: dict[str, list[int]] = {}
 
     # ---- images ----

@@ -5,15 +5,23 @@ The paper path collects new-task demonstrations in SimplerEnv with RT-1 (e.g. RT
 instruction with the Universal Sentence Encoder (large/5), and converts RT-1's output the way SimplerEnv's
 ``simpler_env/policies/rt1/rt1_model.py`` does for ``policy_setup="google_robot"``:
 
-- image: resized to 256 x 320 (RT-1's input; for SimplerEnv's native 512 x 640 frames this is exactly
-  SimplerEnv's ``resize_with_pad``, and for square frames it undoes the env's squash instead of padding);
+- image: the env's native 512 x 640 frame (``obs["image_native"]``, from a simpler env built with
+  ``native_image=True``) resized once with ``tf.image.resize_with_pad`` to RT-1's 256 x 320 input, exactly
+  SimplerEnv's ``_resize_image``; without that key the policy frame ``obs["image"]`` is used instead (a
+  deviation: it has already been resized once);
 - ``world_vector`` (metres) * action_scale -> xyz delta;
 - ``rotation_delta`` is already axis-angle: axis * angle * action_scale (a rotation under 1e-6 rad keeps
   its angle on the y axis, as SimplerEnv writes it);
 - ``gripper_closedness_action`` in [-1, 1], > 0 closes, with |g| < 0.01 zeroed (SimplerEnv's small-action
   filter), passed through uninverted for the Google Robot;
-- ``terminate_episode`` is recorded in :attr:`RT1Demonstrator.terminate_predicted` but never ends an episode
-  (razor-robot episodes run a fixed horizon).
+- ``terminate_episode``: SimplerEnv's evaluator executes the action of the step on which RT-1 predicts it,
+  then stops and judges success on that step. Here :attr:`RT1Demonstrator.done` turns True after that action
+  (``terminate_on_predict``, on by default): the rollout must send the action, end the episode, and take the
+  success flag of that step; further ``act`` calls return the no-op action (zeros: hold still, keep the
+  gripper) so that a rollout that cannot stop early leaves the scene as it is.
+
+The stored SFT labels are not these env actions: convert each episode with
+``razor_robot.policies.adapters.env_actions_to_openvla_labels`` (OpenVLA's fractal convention).
 
 Needs tensorflow, tensorflow_hub and tf_agents (the ``simpler`` extra) and a local checkpoint directory
 (``gsutil -m cp -r gs://gdm-robotics-open-x-embodiment/open_x_embodiment_and_rt_x_oss/<name> .``). The
@@ -146,7 +154,9 @@ class RT1Runtime:
     def step(self, observation: Dict[str, Any], image: np.ndarray, embedding: Any, state: Any):
         """One forward pass -> (raw action dict of numpy arrays, next policy state)."""
         tf = self.m["tf"]
-        resized = tf.cast(tf.image.resize(image, RT1_IMAGE_HW), tf.uint8)  # (256, 320, 3), bilinear
+        height, width = RT1_IMAGE_HW
+        resized = tf.image.resize_with_pad(image, target_height=height, target_width=width)  # (256, 320, 3)
+        resized = tf.cast(resized, tf.uint8)  # as SimplerEnv's RT1Inference._resize_image
         observation["image"] = resized
         observation["natural_language_embedding"] = embedding
         time_step = self.m["time_step"].transition(observation, reward=np.zeros((), dtype=np.float32))
@@ -183,6 +193,8 @@ class RT1DemonstratorConfig:
     """Instruction to start with; None = SimplerEnv's for pick-can, for drawers the one given to reset/act."""
     action_scale: float = 1.0
     """Multiplies the translation and rotation deltas (SimplerEnv's --action-scale)."""
+    terminate_on_predict: bool = True
+    """End the episode after the step on which RT-1 predicts terminate_episode (SimplerEnv's evaluator)."""
 
     def __post_init__(self) -> None:
         if self.task not in DEFAULT_INSTRUCTIONS:
@@ -197,13 +209,16 @@ class RT1DemonstratorConfig:
             and self.action_scale > 0
         ):
             raise ValueError(f"action_scale must be a positive number, got {self.action_scale!r}")
+        if not isinstance(self.terminate_on_predict, bool):
+            raise ValueError(f"terminate_on_predict must be a bool, got {self.terminate_on_predict!r}")
 
 
 class RT1Demonstrator:
     """RT-1 acting on razor-robot observations: ``act(obs) -> (7,)`` SimplerEnv Google-Robot action.
 
     ``reset(instruction)`` starts an episode (fresh recurrent state); ``act(obs, instruction)`` also resets
-    when the instruction changes, so a batch wrapper can pass the env's per-episode instruction.
+    when the instruction changes, so a batch wrapper can pass the env's per-episode instruction. ``done``
+    turns True after the action on which RT-1 predicted terminate_episode (see the module docstring).
     """
 
     def __init__(
@@ -215,8 +230,11 @@ class RT1Demonstrator:
         instruction: Optional[str] = None,
         lang_embed_model_path: str = USE_LARGE_URL,
         action_scale: float = 1.0,
+        terminate_on_predict: bool = True,
     ) -> None:
-        self.config = RT1DemonstratorConfig(task, policy_setup, instruction, action_scale)
+        self.config = RT1DemonstratorConfig(
+            task, policy_setup, instruction, action_scale, terminate_on_predict
+        )
         checkpoint = check_checkpoint_dir(checkpoint_dir)
         import_rt1_stack()
         self.runtime = load_runtime(checkpoint, lang_embed_model_path)
@@ -239,19 +257,28 @@ class RT1Demonstrator:
         self._observation, self._state = self.runtime.initial_state()
         self.terminate_predicted = False
 
+    @property
+    def done(self) -> bool:
+        """Whether the episode has ended: RT-1 predicted terminate_episode and terminate_on_predict is on."""
+        return self.config.terminate_on_predict and self.terminate_predicted
+
     def act(self, obs: Mapping[str, Any], instruction: Optional[str] = None) -> np.ndarray:
-        """uint8 obs["image"] (H, W, 3) -> float64 (7,) env action.
+        """uint8 obs["image_native"] (else obs["image"]) (H, W, 3) -> float64 (7,) env action.
 
         The instruction comes from the argument or, as the rollout passes it, from ``obs["instruction"]``.
+        Once ``done``, returns the no-op action without running RT-1.
         """
         instruction = instruction if instruction is not None else obs.get("instruction")
         if instruction is not None and instruction != self.instruction:
             self.reset(instruction)
         if self.instruction is None:
             raise ValueError(f"{self.config.task} needs reset(instruction) or act(obs, instruction) first")
-        image = np.asarray(obs["image"])
+        if self.done:
+            return np.zeros(7, dtype=np.float64)
+        key = "image_native" if "image_native" in obs else "image"
+        image = np.asarray(obs[key])
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"obs['image'] must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+            raise ValueError(f"obs[{key!r}] must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
         raw, self._state = self.runtime.step(self._observation, image, self._embedding, self._state)
         self.last_raw_action = raw
         self.terminate_predicted = self.terminate_predicted or rt1_terminate(raw)

@@ -43,7 +43,7 @@ class VLAActor:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str],
-                 slots: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                 slots: Sequence[int], **observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         dim = self.policy.action_dim
         uniforms = None
         if self.temperature > 0:

@@ -415,7 +415,9 @@ class EnvPool:
         batch = [episodes[s] for s in slots]
         images = np.stack([e.observation["image"] for e in batch])  # (N, H, W, 3)
         states = np.stack([e.observation["state"] for e in batch])  # (N, S)
-        output = policy(images, states, [e.instruction for e in batch], slots)
+        extra = {k: np.stack([e.observation[k] for e in batch]) for k in batch[0].observation
+                 if k not in ("image", "state")}  # e.g. SimplerEnv's native frame for RT-1
+        output = policy(images, states, [e.instruction for e in batch], slots, **extra)
         actions, extras = output if isinstance(output, tuple) else (output, {})
         actions = np.asarray(actions, dtype=np.float32)  # (N, A)
         terminate = np.asarray(extras.pop("terminate", np.zeros(len(slots), bool)), dtype=bool)  # (N,)

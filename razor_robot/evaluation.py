@@ -155,17 +155,33 @@ def new_task_requests(config: EvalConfig, positions: np.ndarray) -> list[Episode
             for i, (x, y) in enumerate(positions)]
 
 
-def prior_task_requests(config: EvalConfig, task: str, n: int, backend: str) -> list[EpisodeRequest]:
-    """Episode i of a prior task: env seed episode_seed + i, or episode i of SimplerEnv's standard set."""
+def prior_task_requests(config: EvalConfig, task: str, n: int, backend: str,
+                        env_options: dict[str, Any] | None = None) -> list[EpisodeRequest]:
+    """Episode i of a prior task: env seed episode_seed + i, or episode i of SimplerEnv's standard set (in
+    the setting of the pool's env options, visual matching by default)."""
     if config.prior_protocol == "simpler":
-        if backend != "simpler":
-            raise ValueError("eval.prior_protocol 'simpler' needs backend: simpler")
-        from razor_robot.envs.simpler_backend import standard_drawer_episodes
-
         return [EpisodeRequest(task, config.episode_seed + i, reset_options=episode.reset_options,
                                env_options=episode.env_options)
-                for i, episode in enumerate(standard_drawer_episodes(task))]
+                for i, episode in enumerate(simpler_drawer_episodes(task, backend, env_options))]
     return [EpisodeRequest(task, config.episode_seed + i) for i in range(n)]
+
+
+def simpler_drawer_episodes(task: str, backend: str, env_options: dict[str, Any] | None) -> list[Any]:
+    """SimplerEnv's standard drawer episode set (razor_robot.envs.simpler_backend.standard_drawer_episodes)."""
+    if backend != "simpler":
+        raise ValueError("eval.prior_protocol 'simpler' needs backend: simpler")
+    from razor_robot.envs.simpler_backend import standard_drawer_episodes
+
+    return standard_drawer_episodes(task, (env_options or {}).get("setting", "visual_matching"))
+
+
+def per_drawer_fields(task: str, outcomes: list[int], episodes: list[Any]) -> dict[str, Any]:
+    """Success per drawer (top/middle/bottom) of a task's standard-protocol episodes, as rate fields."""
+    fields: dict[str, Any] = {}
+    for drawer in dict.fromkeys(e.drawer for e in episodes):
+        fields.update(rate_fields(f"prior/{task}/{drawer}", [o for o, e in zip(outcomes, episodes)
+                                                              if e.drawer == drawer]))
+    return fields
 
 
 def evaluate_policy(
@@ -187,7 +203,7 @@ def evaluate_policy(
     _, n_prior, _ = config.plan()
     requests = new_task_requests(config, positions)
     for task in config.prior_tasks:
-        requests += prior_task_requests(config, task, n_prior, pool.backend)
+        requests += prior_task_requests(config, task, n_prior, pool.backend, pool.env_options)
     keep = keep_new_task_images or keep_prior_images
     trajectories = pool.rollout(requests, actor, keep_images=keep, progress="eval" if progress else False)
     if keep and not keep_prior_images:
@@ -197,7 +213,12 @@ def evaluate_policy(
     episodes: dict[str, list[int]] = {}
     for t in trajectories:
         episodes.setdefault(t.task, []).append(int(t.success))
-    return scores_from_episodes(episodes, config.new_task, config.prior_tasks, positions), trajectories
+    scores = scores_from_episodes(episodes, config.new_task, config.prior_tasks, positions)
+    if config.prior_protocol == "simpler":
+        for task in config.prior_tasks:
+            scores.update(per_drawer_fields(task, episodes[task],
+                                            simpler_drawer_episodes(task, pool.backend, pool.env_options)))
+    return scores, trajectories
 
 
 def kl_observations(trajectories: list[Trajectory], stride: int) -> tuple[np.ndarray, list[str]]:

@@ -65,7 +65,7 @@ class PolicySpec:
     gradient_checkpointing: bool = False
     """Trade compute for memory (OpenVLA-7B)."""
     torch_threads: int | None = None
-    """CPU threads for torch (None: torch's default)."""
+    """CPU threads for torch while training (None: the CPUs this process may use); rollouts use one."""
     unnorm_key: str | None = None
     """Action statistics key; None: the backend's default (fractal20220817_data for simpler)."""
 
@@ -81,7 +81,8 @@ class DemoSpec:
     max_attempts_factor: int = 3
     """At most this many attempts per wanted demonstration."""
     demonstrator: str = "scripted"
-    """"scripted" (Meta-World experts) or "rt1" (SimplerEnv; needs demonstrator_options.checkpoint_dir)."""
+    """"scripted" (Meta-World's experts; SimplerEnv's scripted Google-robot pick) or "rt1" (SimplerEnv; needs
+    demonstrator_options.checkpoint_dir)."""
     demonstrator_options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``make_demonstrator``."""
     seed: int = 0
@@ -99,7 +100,7 @@ class PretrainSpec:
     """How the embedded default's base policy learns the prior skills (behaviour cloning)."""
 
     prior_episodes: int = 60
-    """Scripted demonstrations per prior task."""
+    """Scripted demonstrations per prior task (0: none, e.g. where no drawer demonstrator is available)."""
     new_task_episodes: int = 6
     """A little new-task data, so the base has some success to improve on (RL needs reward)."""
     seed: int = 12_345

@@ -40,10 +40,12 @@ class BatchPolicy(Protocol):
     """
 
     def __call__(
-        self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str], slots: Sequence[int]
+        self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str], slots: Sequence[int],
+        **observations: np.ndarray,
     ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
         """images (N, H, W, 3) uint8, states (N, S), slots (N,) -> actions (N, A), optionally with per-step extras
-        (N, ...). The extra ``"terminate"`` (N,) bool ends a row's episode after this action."""
+        (N, ...). The extra ``"terminate"`` (N,) bool ends a row's episode after this action. Observation keys
+        beside image and state (e.g. SimplerEnv's ``image_native``) arrive as keyword arguments, batched."""
         ...
 
 
@@ -223,7 +225,8 @@ def _run_batch(
     length = np.full(n_envs, horizon)  # (N,) steps each episode lasts (shorter when the policy terminates)
     extras: dict[str, list[np.ndarray]] = {}
     for t in range(horizon):
-        output = policy(observation["image"], observation["state"], instructions, slots)
+        extra = {k: v for k, v in observation.items() if k not in ("image", "state")}
+        output = policy(observation["image"], observation["state"], instructions, slots, **extra)
         action, step_extras = output if isinstance(output, tuple) else (output, {})
         action = np.asarray(action, dtype=np.float32)  # (N, A)
         terminate = np.asarray(step_extras.pop("terminate", np.zeros(n_envs, bool)), dtype=bool)  # (N,)
@@ -271,7 +274,8 @@ def _run_batch(
 class DemonstratorPolicy:
     """Batches per-episode demonstrators (objects with ``act(obs) -> action``) into a :class:`BatchPolicy`.
 
-    Each demonstrator sees ``obs = {"image", "state", "instruction"}`` (RT-1 needs the drawer's instruction).
+    Each demonstrator sees ``obs = {"image", "state", "instruction", ...}``: RT-1 needs the drawer's
+    instruction, and the env's other observation keys (SimplerEnv's ``image_native``) come along too.
     Demonstrators keep per-episode state, so every episode gets a fresh one (``start_episode``). A
     demonstrator whose ``done`` attribute turns True (RT-1's ``terminate_episode``) ends its episode.
     """
@@ -284,11 +288,11 @@ class DemonstratorPolicy:
         self._demonstrators[slot] = self._make()
 
     def __call__(self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str],
-                 slots: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                 slots: Sequence[int], **observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         demonstrators = [self._demonstrators[s] for s in slots]
         actions = np.stack([
-            np.asarray(d.act({"image": images[i], "state": states[i], "instruction": instructions[i]}),
-                       dtype=np.float32)
+            np.asarray(d.act({"image": images[i], "state": states[i], "instruction": instructions[i],
+                              **{k: v[i] for k, v in observations.items()}}), dtype=np.float32)
             for i, d in enumerate(demonstrators)
         ])
         terminate = np.array([bool(getattr(d, "done", False)) for d in demonstrators])

@@ -2,6 +2,7 @@
 
     python scripts/bench_training.py --threads 2
     python scripts/bench_training.py --skip-env          # no Meta-World iteration
+    python scripts/bench_training.py --skip-env --busy   # SFT alone and beside a busy-loop process
 
 Prints
   1. SFT: optimiser steps/s and samples/s of ``train_sft`` (batch 32, synthetic 64 px images, one-hot CE);
@@ -16,11 +17,14 @@ Prints
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+import razor_robot  # noqa: F401  (sets OpenMP's wait policy before torch loads it)
+import torch  # noqa: E402
 
 
 @dataclass
@@ -47,6 +51,8 @@ class BenchConfig:
     """Skip the Meta-World iteration."""
     real_advantages: bool = False
     """Keep all-zero advantages when the policy never succeeds (the update then does nothing)."""
+    busy: bool = False
+    """Also time SFT beside a busy-loop process (one core taken) and print the slow-down."""
 
 
 def parse_args() -> BenchConfig:
@@ -75,7 +81,29 @@ def tiny_policy(action_dim: int = 4):
     return policy
 
 
-def bench_sft(cfg: BenchConfig) -> None:
+def _busy_loop() -> None:
+    while True:
+        pass
+
+
+def bench_sft_beside_busy_process(cfg: BenchConfig) -> None:
+    """SFT steps/s alone, then with a busy-loop process competing for one of the cores."""
+    import multiprocessing as mp
+
+    alone = bench_sft(cfg)
+    busy = mp.get_context("spawn").Process(target=_busy_loop, daemon=True)
+    busy.start()
+    try:
+        time.sleep(0.5)
+        beside = bench_sft(cfg)
+    finally:
+        busy.kill()
+        busy.join()
+    print(f"SFT beside one busy process: {alone / beside:.2f}x slower ({alone:.2f} -> {beside:.2f} steps/s, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
+
+
+def bench_sft(cfg: BenchConfig) -> float:
     from razor_robot.data import DemoDataset
     from razor_robot.sft import SFTConfig, train_sft
     from razor_robot.training import OptimConfig
@@ -95,6 +123,7 @@ def bench_sft(cfg: BenchConfig) -> None:
     seconds = (stamps[-1] - stamps[warmup - 1]) / cfg.sft_steps
     print(f"SFT   batch {cfg.sft_batch}: {1 / seconds:6.2f} optimiser steps/s, {cfg.sft_batch / seconds:7.1f} "
           f"samples/s ({1e3 * seconds:.0f} ms/step incl. clip + AdamW)")
+    return 1 / seconds
 
 
 def bench_rl_update(cfg: BenchConfig) -> None:
@@ -190,7 +219,10 @@ def main() -> None:
     cfg = parse_args()
     torch.set_num_threads(cfg.threads)
     print(f"tiny policy, {cfg.threads} torch threads")
-    bench_sft(cfg)
+    if cfg.busy:
+        bench_sft_beside_busy_process(cfg)
+    else:
+        bench_sft(cfg)
     bench_rl_update(cfg)
     if not cfg.skip_env:
         bench_rl_iteration(cfg)

@@ -1,7 +1,8 @@
 """Test-suite plumbing.
 
-In the light environment (gymnasium 0.29 + numpy 1.x, no torch/simulators) only modules marked ``core`` are
-collected: a module is core when it says ``pytest.mark.core`` and imports nothing heavy.
+In a light environment without torch (gymnasium 0.29 + numpy 1.x; the SimplerEnv stack's venv) only modules
+marked ``core`` or ``simpler`` are collected: such a module says ``pytest.mark.core`` / ``pytest.mark.simpler``
+and imports nothing of the learning stack at module level.
 """
 
 import importlib.util
@@ -20,7 +21,8 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 def pytest_ignore_collect(collection_path: Path, config):
     if HAS_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
         return None
-    return "pytest.mark.core" not in collection_path.read_text()
+    text = collection_path.read_text()
+    return "pytest.mark.core" not in text and "pytest.mark.simpler" not in text
 
 
 @pytest.fixture(autouse=True)

@@ -71,7 +71,7 @@ def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True
         return directory
     start = time.perf_counter()
     parts = []
-    for i, task in enumerate(config.eval.prior_tasks):
+    for i, task in enumerate(config.eval.prior_tasks if pretrain.prior_episodes else ()):
         dataset, _ = collect_demos(config, task, None, pretrain.prior_episodes, pretrain.seed + 100_000 * i, pool,
                                    progress=progress)
         parts.append(dataset)

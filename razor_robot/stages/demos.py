@@ -23,23 +23,42 @@ from razor_robot.env_pool import EnvPool
 from razor_robot.experiment import SweepConfig
 
 
-def demonstrator_factory(task: str, backend: str, options: dict[str, Any]) -> Callable[[], Any]:
+def demonstrator_factory(task: str, backend: str, kind: str, options: dict[str, Any]) -> Callable[[], Any]:
     """A picklable maker of fresh demonstrators; builds one first so a missing dependency or checkpoint fails
     before any episode runs."""
     from razor_robot.policies import make_demonstrator
 
-    make_demonstrator(task, backend, **options)
-    return functools.partial(make_demonstrator, task, backend, **options)
+    make_demonstrator(task, backend, kind, **options)
+    return functools.partial(make_demonstrator, task, backend, kind, **options)
+
+
+def as_policy_labels(trajectories: list[Any], backend: str) -> list[Any]:
+    """Demonstrations in the action convention the policy is trained in.
+
+    SimplerEnv's demonstrators (RT-1, the scripted expert) emit the Google robot's *relative* gripper command
+    (+1 close, -1 open, 0 hold), while OpenVLA was trained on the fractal data with an *absolute* gripper (1 open,
+    0 closed) and its adapter reads the policy's gripper that way; the stored labels are converted with
+    openvla's own rel -> abs rule (razor_robot.policies.adapters.env_actions_to_openvla_labels) so that
+    labels -> tokens -> adapter reproduce the demonstrator's env actions. Meta-World demonstrations are already
+    in the policy's convention.
+    """
+    if backend != "simpler":
+        return trajectories
+    from razor_robot.policies.adapters import env_actions_to_openvla_labels
+
+    for t in trajectories:
+        t.actions = env_actions_to_openvla_labels(t.actions).astype(np.float32)
+    return trajectories
 
 
 def _collect_into(directory: Path, plan: Any, policy: Any, pool: EnvPool, meta: dict[str, Any],
-                  progress: bool, what: str):
+                  progress: bool, what: str, labels: Callable[[list[Any]], list[Any]] = lambda kept: kept):
     from razor_robot.data import collect, save_dataset, trajectories_to_dataset
 
     kept, grid_index, shortfall, attempts = collect(plan, policy, pool=pool, progress=progress)
     if not kept:
-        raise RuntimeError(f"{what} succeeded on no {plan.task} episode")
-    dataset = trajectories_to_dataset(kept, grid_index)
+        raise RuntimeError(f"{what} succeeded on no {plan.task} episode in {sum(attempts.values())} attempts")
+    dataset = trajectories_to_dataset(labels(kept), grid_index)
     dataset.meta.update(meta, shortfall_per_point=shortfall, attempts_per_point=attempts,
                         episodes_per_point=plan.episodes_per_point)
     save_dataset(dataset, directory)
@@ -55,18 +74,19 @@ def collect_demos(config: SweepConfig, task: str, positions: np.ndarray | None, 
     key = {"backend": config.backend, "env": config.env, "task": task, "k": episodes_per_point, "seed": seed,
            "positions": None if positions is None else np.round(positions, 6).tolist(),
            "demonstrator": config.demos.demonstrator, "options": config.demos.demonstrator_options,
-           "attempts": config.demos.max_attempts_factor}
+           "attempts": config.demos.max_attempts_factor, "labels": "openvla" if config.backend == "simpler" else "env"}
     directory = config.cache_root() / f"demos-{task}-{config_hash(key)}"
     try:
         return load_dataset(directory), directory
     except FileNotFoundError:
         pass
     plan = CollectionPlan(task, episodes_per_point, positions, config.demos.max_attempts_factor, seed)
-    factory = demonstrator_factory(task, config.backend, config.demos.demonstrator_options)
+    factory = demonstrator_factory(task, config.backend, config.demos.demonstrator, config.demos.demonstrator_options)
     meta = {"task": task, "backend": config.backend, "source": config.demos.demonstrator,
-            "positions": key["positions"]}
+            "positions": key["positions"], "labels": key["labels"]}
     dataset = _collect_into(directory, plan, DemonstratorPolicy(factory), pool, meta, progress,
-                            f"the {config.demos.demonstrator} demonstrator")
+                            f"the {config.demos.demonstrator} demonstrator",
+                            labels=functools.partial(as_policy_labels, backend=config.backend))
     return dataset, directory
 
 

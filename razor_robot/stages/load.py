@@ -28,8 +28,10 @@ def load_for_training(path_or_name: str, spec: PolicySpec, *, device: str | None
 
     from razor_robot.policies import load_policy
 
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
+    from razor_robot.env_pool import usable_cpus
+
+    # Training owns the CPUs this process may use (rollouts drop to one thread while env workers run).
+    torch.set_num_threads(spec.torch_threads or usable_cpus())
     configured_device, dtype = resolve_device(spec)
     device = device or configured_device
     policy = load_policy(path_or_name, device=device, dtype=getattr(torch, dtype), **{**spec.overrides, **overrides})
