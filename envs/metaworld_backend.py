@@ -336,7 +336,8 @@ class _FrameRenderer:
         self._model = model
         self._shared = _SharedGL.get()
         self._context = self._shared.context((layout, size), model)
-        self._scene = mujoco.MjvScene(model, maxgeom=10_000)
+        # Room for the model's geoms and MuJoCo's decorations; mujoco.Renderer's 10,000 cost 4 MB per env.
+        self._scene = mujoco.MjvScene(model, maxgeom=2 * model.ngeom + 100)
         self._scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         self._scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
         self._rect = mujoco.MjrRect(0, 0, size, size)

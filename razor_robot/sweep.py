@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from razor_robot.config import load_yaml, to_dict
@@ -32,6 +33,7 @@ from razor_robot.stages.demos import collect_demos, collect_policy_demos
 from razor_robot.stages.finetune import RunInputs, execute_run
 from razor_robot.stages.load import resolve_device
 from razor_robot.stages.report import best_checkpoint
+from razor_robot.stats import rate_summary
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True,
@@ -190,7 +192,10 @@ def _demo_line(dataset: Any) -> str:
     meta = dataset.meta
     attempts = sum(meta.get("attempts_per_point", {}).values())
     short = meta.get("shortfall_per_point", {})
-    return (f"{meta['n_episodes']} successful episodes in {attempts} attempts, {len(short)} grid points short "
+    kept = len(np.unique(dataset.episode_ids))
+    rate = rate_summary([1] * kept + [0] * (attempts - kept)) if attempts else None
+    success = f" (success {rate['rate']:.1f}%, 95% CI {rate['ci95'][0]:.1f}-{rate['ci95'][1]:.1f})" if rate else ""
+    return (f"{kept} successful episodes in {attempts} attempts{success}, {len(short)} grid points short "
             f"of K={meta['episodes_per_point']}")
 
 

@@ -3,8 +3,8 @@
     python scripts/bench_sweep.py configs/quickstart.yaml --out /tmp/bench-quickstart
 
 Runs ``razor-robot sweep CONFIG`` with an empty cache directory (demonstrations and the base policy are built
-from scratch) into a fresh output directory and prints: total wall-clock, each run's records and training
-time, the files written and the summary.
+from scratch) into a fresh output directory and prints: total wall-clock, peak resident memory of the sweep's
+process tree (sampled every 50 ms), each run's records and training time, the files written and the summary.
 Pass ``--kill-after SECONDS`` to SIGKILL the sweep once and re-run the same command (the resume check): it
 then also prints whether every run's records are present exactly once.
 """
@@ -55,14 +55,18 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     cache = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="razor-robot-cache-"))
     extra = [item for pair in args.set for item in ("--set", pair)]
-    seconds = _sweep(args.config, out, cache, extra, args.kill_after)
-    if args.kill_after is not None:
-        seconds += _sweep(args.config, out, cache, extra, None)
+    from bench_rollout import PeakMemory  # scripts/ is on the path when this script runs
+
+    with PeakMemory() as memory:
+        seconds = _sweep(args.config, out, cache, extra, args.kill_after)
+        if args.kill_after is not None:
+            seconds += _sweep(args.config, out, cache, extra, None)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     per_run = collections.defaultdict(list)
     for record in records:
         per_run[record["run_id"]].append(record)
-    print(f"\ntotal wall-clock: {seconds:.0f} s ({seconds / 60:.1f} min), cache {cache}")
+    print(f"\ntotal wall-clock: {seconds:.0f} s ({seconds / 60:.1f} min), peak memory of the process tree "
+          f"{memory.peak / 2**30:.2f} GiB, cache {cache}")
     for run_id, run_records in per_run.items():
         steps = sorted(r.get("step", 0) for r in run_records)
         train = max((r.get("seconds", 0.0) for r in run_records), default=0.0)

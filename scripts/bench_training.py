@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import razor_robot  # noqa: F401  (sets OpenMP's wait policy before torch loads it)
+import razor_robot  # noqa: F401  (sets OpenMP's spin count before torch loads it)
 import torch  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def bench_sft_beside_busy_process(cfg: BenchConfig) -> None:
         busy.kill()
         busy.join()
     print(f"SFT beside one busy process: {alone / beside:.2f}x slower ({alone:.2f} -> {beside:.2f} steps/s, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
 
 
 def bench_sft(cfg: BenchConfig) -> float:

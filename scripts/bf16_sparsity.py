@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import razor_robot  # noqa: F401  (sets OpenMP's wait policy before torch loads it)
+import razor_robot  # noqa: F401  (sets OpenMP's spin count before torch loads it)
 
 
 def main() -> int:

@@ -89,3 +89,18 @@ def test_oracle_rejection_sampler_keeps_only_successes_counts_attempts_and_store
     # Decoding the stored tokens gives the actions the env received (no re-binning of the labels).
     decoded = policy.tokens_to_actions(dataset.tokens, "fake")
     np.testing.assert_allclose(np.clip(decoded, -1, 1), dataset.actions, atol=1e-6)
+
+
+def test_policy_demo_line_reports_successes_attempts_and_the_wilson_interval():
+    from razor_robot.data import DemoDataset
+    from razor_robot.sweep import _demo_line
+
+    n = 6  # 3 kept episodes of 2 steps each, in 12 attempts over 2 grid points
+    dataset = DemoDataset(np.zeros((n, 4, 4, 3), np.uint8), np.zeros((n, 2), np.float32),
+                          np.zeros((n, 2), np.float32), ["x"] * n, ["pick-can"] * n, np.repeat(np.arange(3), 2),
+                          np.array([0, 0, 0, 0, 1, 1]),
+                          {"attempts_per_point": {"0": 4, "1": 8}, "shortfall_per_point": {"1": 1},
+                           "episodes_per_point": 2})
+    line = _demo_line(dataset)
+    assert line.startswith("3 successful episodes in 12 attempts (success 25.0%, 95% CI 8.9-53.2)")
+    assert line.endswith("1 grid points short of K=2")
