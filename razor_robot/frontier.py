@@ -1138,12 +1138,14 @@ def plot_frontier(records: Iterable[Record], path: str | os.PathLike, tolerance:
         _error_bars(ax, xs_pts, ys_pts, [score_ci(r, "prior_task") for r in group], colour, "y")
     for method in methods:
         group = [r for r in checked if r["method"] == method]
+        labelled = False  # the legend names every method, also one with no point near the frontier
         for near in (True, False):
             pts = [r for r in group if (id(r) in near_ids) == near]
             if pts:
                 ax.scatter([r["new_task"] for r in pts], [r["prior_task"] for r in pts], s=36, zorder=3,
                            color=colours[method] if near else "none", edgecolors=colours[method],
-                           alpha=1.0 if near else 0.6, label=method if near else None)
+                           alpha=1.0 if near else 0.6, label=None if labelled else method)
+                labelled = True
         fit_pts = near_frontier(group, tolerance)
         xs = np.linspace(min(r["new_task"] for r in fit_pts), max(r["new_task"] for r in fit_pts), 100)
         label = f"{method} fit ({fits[method].kind})"

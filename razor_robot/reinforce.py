@@ -33,6 +33,13 @@ The stable form keeps the algorithm and changes only the optimiser schedule: ``o
 episodes). At the same lr 1e-4 over 30 iterations its KL to the base reached 0.36 nats instead of 16 and its
 rollout success never collapsed; the paper's form (None) stays the default and selectable exactly as before.
 
+Telling a collapse from noise. Rollout success is itself a sample: at ~11% success and 128 episodes per
+iteration (16 points x G=8) a policy that never changes falls more than 10 points below its running best in 63%
+of 30-iteration runs (5% with 256 episodes). So every run ends with :func:`rollout_stability`: the largest fall
+and the exact probability that a constant policy at the run's pooled rate falls that far. The paper form's
+collapse above (lr 1e-4) scores 0.001, its run at lr 3e-5 0.84; the stable form's wobbles
+score 0.53-0.92 (measured on the runs of this docstring and of the README).
+
 Variants (``RLConfig.variant``):
   - ``"reinforce"``: the paper's algorithm above.
   - ``"reinforce-01"``: A = R (1-0 REINFORCE: supervised learning on the policy's own successes).
@@ -314,7 +321,9 @@ def train_reinforce(
         if before is not None:
             stats.update(_diagnostics(before, _probe_logits(rollout_copy.policy, batch, probe, config.optim.micro_batch),
                                       _probe_logits(base_logits_fn, batch, probe, config.optim.micro_batch)))
-        history.append(stats["rl/success"])
+        history.append((int(counts[:, 1].sum()), int(counts[:, 3].sum())))
+        rates = [k / n for k, n in history]
+        stats["rl/drawdown"] = max(rates) - rates[-1]  # below the running best, a fraction like rl/success
         measured = meter(iteration, policy) if meter is not None else {}
         stats.update(measured)
         bar.set_postfix(success=f"{stats['rl/success']:.2f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in measured.items()})
@@ -323,8 +332,28 @@ def train_reinforce(
         if iteration in checkpoint_iterations and on_checkpoint is not None:
             on_checkpoint(iteration, iteration / config.iterations, model)
     bar.close()
-    return {"rl/final_rollout_success": history[-1], "rl/first_rollout_success": history[0],
-            "train/optimizer_steps": opt_step, "train/seconds": time.perf_counter() - start}
+    return {"rl/final_rollout_success": rates[-1], "rl/first_rollout_success": rates[0],
+            **rollout_stability(history), "train/optimizer_steps": opt_step,
+            "train/seconds": time.perf_counter() - start}
+
+
+def rollout_stability(history: list[tuple[int, int]]) -> dict[str, float]:
+    """Did rollout success collapse, or only wobble? From per-iteration (successes, episodes): the largest fall
+    below the running best (``rl/max_drawdown``, a fraction) and how often a policy that never changed, at the
+    run's pooled success rate and the same episodes per iteration, falls at least that far
+    (``rl/drawdown_null_probability``, exact; see razor_robot.stats.drawdown_null_probability).
+
+    Why both: with 128 episodes per iteration at ~11% success, a constant policy falls more than 10 points
+    below its running best in 63% of 30-iteration runs, so a drawdown alone cannot tell a collapse from
+    sampling noise (85% at 15% success). NaN probability when the iterations had different episode counts.
+    """
+    from razor_robot.stats import drawdown_null_probability, max_drawdown
+
+    successes = [k for k, _ in history]
+    episodes = {n for _, n in history}
+    drawdown = max_drawdown([k / n for k, n in history])
+    probability = (drawdown_null_probability(successes, episodes.pop()) if len(episodes) == 1 else math.nan)
+    return {"rl/max_drawdown": drawdown, "rl/drawdown_null_probability": probability}
 
 
 def _zero_advantage_groups(rewards: np.ndarray, groups: np.ndarray) -> float:

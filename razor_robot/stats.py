@@ -18,6 +18,8 @@ Public API:
     percentile_interval(replicates, confidence=0.95)           -> (lo, hi), NaN replicates ignored
     interval_sign(lo, hi)                                      -> +1 / -1 / 0: the CI excludes 0 above / below
     episodes_to_resolve(n, estimate, lo, hi)                   -> episodes that would make the CI exclude 0
+    max_drawdown(values)                                       -> largest fall below the running best
+    drawdown_null_probability(successes, n)                    -> P(noise alone falls that far), exact
 """
 
 from __future__ import annotations
@@ -147,3 +149,40 @@ def episodes_to_resolve(n: int, estimate: float, lo: float, hi: float) -> float:
         return float(n)
     side = estimate - lo if estimate > 0 else hi - estimate
     return float(max(math.ceil(n * (side / abs(estimate)) ** 2), n + 1))
+
+
+def max_drawdown(values: Sequence[float]) -> float:
+    """Largest fall of a series below its running best: max over t of (max_{s<=t} v_s) - v_t; 0 when it never
+    falls, NaN when empty."""
+    series = np.asarray(values, dtype=float)
+    if series.size == 0:
+        return math.nan
+    return float(np.max(np.maximum.accumulate(series) - series))
+
+
+def drawdown_null_probability(successes: Sequence[int], n: int) -> float:
+    """How often noise alone gives the observed drawdown: P(max drawdown >= observed) over T iterations of
+    n episodes each when every iteration's successes are Binomial(n, p) at the pooled rate p = sum / (T n).
+
+    ``successes`` (T,) are per-iteration success counts out of the same n episodes. A small value says the
+    fall is more than sampling noise of a policy that did not change; a large one, that n episodes per
+    iteration cannot tell such a fall from noise. Exact: a dynamic programme over the running best (in
+    counts) of the paths that have not yet fallen that far, O(T n^2).
+    """
+    from scipy.stats import binom
+
+    counts = np.asarray(successes, dtype=int)
+    if counts.ndim != 1 or counts.size == 0 or n < 1 or counts.min() < 0 or counts.max() > n:
+        raise ValueError(f"need one success count in [0, {n}] per iteration, got {successes!r}")
+    drop = int(max_drawdown(counts))
+    if drop == 0:
+        return 1.0
+    pmf = binom.pmf(np.arange(n + 1), n, counts.sum() / (counts.size * n))  # (n+1,) successes per iteration
+    alive = pmf.copy()  # (n+1,) mass of paths whose running best is m and that never fell `drop` below it
+    best, now = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")  # (n+1, n+1)
+    new_best = np.maximum(best, now)
+    survives = best - now < drop
+    for _ in range(counts.size - 1):
+        moved = alive[:, None] * pmf[None, :] * survives  # (best, now)
+        alive = np.bincount(new_best.ravel(), weights=moved.ravel(), minlength=n + 1)
+    return float(np.clip(1.0 - alive.sum(), 0.0, 1.0))

@@ -8,6 +8,7 @@ It prints, for the embedded default (Meta-World pick-can, 64 px, the tiny policy
   * bound = usable CPUs x raw: what the simulator alone could do on this machine;
   * eval (greedy decoding) and rl (sampling at T=1) through EnvPool.rollout: env-steps/s and their ratio to
     the bound (the policy's own compute shares the same cores, so 1.0 is out of reach);
+  * all of that ``--rounds`` times, each round against its own raw reading, and the median ratios;
   * peak resident memory of this process and its workers (psutil, sampled every 50 ms).
 Absolute rates vary several-fold between machines; the ratio is the figure to compare.
 """
@@ -33,7 +34,7 @@ class BenchConfig:
     """Env slots per worker."""
     episodes: int = 96
     """Episodes per measurement (30 steps each)."""
-    raw_steps: int = 600
+    raw_steps: int = 1200
     """Env steps of the raw single-process measurement."""
     lockstep_workers: int = 0
     """Also time the lockstep engine over an AsyncVectorEnv of this many workers (0 = skip)."""
@@ -41,6 +42,9 @@ class BenchConfig:
     """Camera resolution."""
     seed: int = 0
     """Seed of positions, actions and the policy's initialisation."""
+    rounds: int = 3
+    """Rounds of (raw, eval, rl), each ratio against the raw rate measured just before it: these machines drift
+    by tens of percent within minutes, so one raw reading can be off for the whole run. The median is reported."""
 
 
 def parse_args() -> BenchConfig:
@@ -48,8 +52,8 @@ def parse_args() -> BenchConfig:
     for name, default in vars(BenchConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     config = BenchConfig(**vars(parser.parse_args()))
-    if config.episodes < 1 or config.raw_steps < 1 or config.envs_per_worker < 1 or config.workers < 0:
-        parser.error("episodes, raw-steps and envs-per-worker must be >= 1, workers >= 0")
+    if min(config.episodes, config.raw_steps, config.envs_per_worker, config.rounds) < 1 or config.workers < 0:
+        parser.error("episodes, raw-steps, envs-per-worker and rounds must be >= 1, workers >= 0")
     return config
 
 
@@ -131,33 +135,39 @@ def main() -> None:
 
     cpus = usable_cpus()
     workers = config.workers or cpus
-    rate = raw_rate(config)
-    bound = cpus * rate
-    print(f"raw      1 process   {rate:7.1f} env-steps/s   ({1000 / rate:.2f} ms per step+render)")
-    print(f"bound    {cpus} CPUs      {bound:7.1f} env-steps/s")
-
     torch.manual_seed(config.seed)
     policy = load_policy("tiny", device="cpu", dtype=torch.float32).eval()
     policy.set_norm_stats("bench", compute_norm_stats(np.random.default_rng(0).uniform(-1, 1, (256, 4))))
     positions = eval_positions(config.episodes, seed=config.seed)
     requests = [EpisodeRequest("pick-can", 10_000 + i, tuple(map(float, xy))) for i, xy in enumerate(positions)]
+    ratios: dict[str, list[float]] = {"eval": [], "rl": []}
     with PeakMemory() as memory, EnvPool("metaworld", {"image_size": config.image_size}, num_workers=workers,
                                          envs_per_worker=config.envs_per_worker) as pool:
         pool.rollout(requests[: workers * config.envs_per_worker], VLAActor(policy, unnorm_key="bench"),
                      progress=False)  # start the workers and build their envs
-        for label, temperature in (("eval", 0.0), ("rl", 1.0)):
-            actor = VLAActor(policy, unnorm_key="bench", temperature=temperature, seed=config.seed)
-            start = time.perf_counter()
-            trajectories = pool.rollout(requests, actor, progress=False)
-            steps = sum(t.length for t in trajectories)
-            achieved = steps / (time.perf_counter() - start)
-            print(f"{label:<8} {workers} x {config.envs_per_worker:<2} envs  {achieved:7.1f} env-steps/s   "
-                  f"ratio to bound {achieved / bound:.2f}")
+        for round_index in range(config.rounds):
+            rate = raw_rate(config)  # the pool's workers wait idle meanwhile
+            bound = cpus * rate
+            print(f"round {round_index + 1}: raw 1 process {rate:7.1f} env-steps/s ({1000 / rate:.2f} ms per "
+                  f"step+render), bound for {cpus} CPUs {bound:7.1f}")
+            for label, temperature in (("eval", 0.0), ("rl", 1.0)):
+                actor = VLAActor(policy, unnorm_key="bench", temperature=temperature, seed=config.seed)
+                start = time.perf_counter()
+                trajectories = pool.rollout(requests, actor, progress=False)
+                steps = sum(t.length for t in trajectories)
+                achieved = steps / (time.perf_counter() - start)
+                ratios[label].append(achieved / bound)
+                print(f"  {label:<6} {workers} x {config.envs_per_worker:<2} envs  {achieved:7.1f} env-steps/s   "
+                      f"ratio to bound {achieved / bound:.3f}")
+    for label, values in ratios.items():
+        print(f"{label:<8} ratio to bound: median {np.median(values):.3f} over {len(values)} rounds "
+              f"(min {min(values):.3f}, max {max(values):.3f})")
     print(f"peak memory (this process + workers): {memory.peak / 2**30:.2f} GiB")
     if config.lockstep_workers:
         factory = default_env_factory("pick-can", "metaworld", image_size=config.image_size)
         vector_env = make_vector_env(factory, config.lockstep_workers)
         try:
+            bound = cpus * raw_rate(config)
             actor = VLAActor(policy, unnorm_key="bench", temperature=1.0, seed=config.seed)
             lockstep_rollout(vector_env, requests[: config.lockstep_workers], actor)
             with torch.inference_mode():
@@ -166,7 +176,7 @@ def main() -> None:
                 trajectories = lockstep_rollout(vector_env, requests, actor)
             achieved = sum(t.length for t in trajectories) / (time.perf_counter() - start)
             print(f"lockstep {config.lockstep_workers} envs      {achieved:7.1f} env-steps/s   "
-                  f"ratio to bound {achieved / bound:.2f}")
+                  f"ratio to bound {achieved / bound:.3f}")
         finally:
             vector_env.close()
 

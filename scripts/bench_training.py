@@ -3,6 +3,7 @@
     python scripts/bench_training.py --threads 2
     python scripts/bench_training.py --skip-env          # no Meta-World iteration
     python scripts/bench_training.py --skip-env --busy   # SFT alone and beside a busy-loop process
+    python scripts/bench_training.py --skip-env --pretrain-recipe --sft-steps 40   # the base recipe vs plain SFT
 
 Prints
   1. SFT: optimiser steps/s and samples/s of ``train_sft`` (batch 32, synthetic 64 px images, one-hot CE);
@@ -53,6 +54,9 @@ class BenchConfig:
     """Keep all-zero advantages when the policy never succeeds (the update then does nothing)."""
     busy: bool = False
     """Also time SFT beside a busy-loop process (one core taken) and print the slow-down."""
+    pretrain_recipe: bool = False
+    """Also time SFT with the embedded base's pretraining recipe (configs/quickstart.yaml: batch 64, lr 1e-3,
+    soft bin targets sigma 1.5, 4 px shifts) and print its samples/s as a ratio of plain SFT's."""
 
 
 def parse_args() -> BenchConfig:
@@ -103,13 +107,16 @@ def bench_sft_beside_busy_process(cfg: BenchConfig) -> None:
           f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
 
 
-def bench_sft(cfg: BenchConfig) -> float:
+def bench_sft(cfg: BenchConfig, recipe: bool = False) -> float:
+    """Optimiser steps/s of plain SFT at ``cfg.sft_batch``, or of the base's pretraining recipe (``recipe``)."""
     from razor_robot.data import DemoDataset
     from razor_robot.sft import SFTConfig, train_sft
     from razor_robot.training import OptimConfig
 
     policy = tiny_policy()
-    warmup, n = 3, cfg.sft_batch * (cfg.sft_steps + 3)
+    batch = 64 if recipe else cfg.sft_batch
+    # Enough samples for every timed step: train_sft stops after one epoch whatever max_steps says.
+    warmup, n = 3, batch * (cfg.sft_steps + 3)
     rng = np.random.default_rng(0)
     dataset = DemoDataset(images=rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
                           states=np.zeros((n, 4), np.float32),
@@ -117,11 +124,17 @@ def bench_sft(cfg: BenchConfig) -> float:
                           instructions=["pick coke can"] * n, tasks=["pick-can"] * n,
                           episode_ids=np.arange(n) // 30, grid_index=np.zeros(n, np.int64))
     stamps: list[float] = []
-    config = SFTConfig(OptimConfig(learning_rate=1e-4, batch_size=cfg.sft_batch), max_steps=cfg.sft_steps + warmup)
+    if recipe:
+        config = SFTConfig(OptimConfig(learning_rate=1e-3, batch_size=batch, warmup_steps=100),
+                           max_steps=cfg.sft_steps + warmup, label_sigma_bins=1.5, shift_augment_px=4)
+    else:
+        config = SFTConfig(OptimConfig(learning_rate=1e-4, batch_size=batch), max_steps=cfg.sft_steps + warmup)
     train_sft(policy, dataset, config, unnorm_key="bench", progress=False,
               log=lambda metrics, step: stamps.append(time.perf_counter()))
+    assert len(stamps) == cfg.sft_steps + warmup, "train_sft ran fewer steps than timed"
     seconds = (stamps[-1] - stamps[warmup - 1]) / cfg.sft_steps
-    print(f"SFT   batch {cfg.sft_batch}: {1 / seconds:6.2f} optimiser steps/s, {cfg.sft_batch / seconds:7.1f} "
+    name = "pretraining recipe" if recipe else "SFT"
+    print(f"{name:5} batch {batch}: {1 / seconds:6.2f} optimiser steps/s, {batch / seconds:7.1f} "
           f"samples/s ({1e3 * seconds:.0f} ms/step incl. clip + AdamW)")
     return 1 / seconds
 
@@ -222,7 +235,10 @@ def main() -> None:
     if cfg.busy:
         bench_sft_beside_busy_process(cfg)
     else:
-        bench_sft(cfg)
+        plain = bench_sft(cfg)
+        if cfg.pretrain_recipe:
+            recipe = bench_sft(cfg, recipe=True)
+            print(f"pretraining recipe / plain SFT, samples/s: {recipe * 64 / (plain * cfg.sft_batch):.2f}")
     bench_rl_update(cfg)
     if not cfg.skip_env:
         bench_rl_iteration(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,6 +267,17 @@ def test_plots_written_atomically(tmp_path):
     for path in (png, kl_png):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["frontier.png", "kl_forgetting.png"]
+
+
+def test_frontier_legend_names_a_method_with_no_point_near_the_frontier(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("scipy")
+    records = _realistic_records() + [_rec("far", 30.0, 10.0, 1.0), _rec("far", 40.0, 5.0, 2.0)]
+    figures = []
+    monkeypatch.setattr(fr, "_save_atomic", lambda fig, path: figures.append(fig) or Path(path))
+    fr.plot_frontier(records, tmp_path / "frontier.png", band_resamples=0)
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert labels.count("far") == 1 and labels.count("sft") == 1 and labels.count("reinforce") == 1
 
 
 def test_frontier_report_from_jsonl_fractions(tmp_path):

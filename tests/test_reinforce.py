@@ -17,6 +17,7 @@ from razor_robot.reinforce import (
 from razor_robot.env_pool import EnvPool
 from razor_robot.rollout import Trajectory
 from razor_robot.training import OptimConfig
+from razor_robot.stats import drawdown_null_probability
 
 torch.set_num_threads(1)
 
@@ -244,6 +245,12 @@ def test_train_reinforce_on_the_fake_env_is_deterministic():
     # 2 points x 4 episodes x horizon 5 = 40 steps per iteration -> 3 minibatches of 16 per iteration.
     assert summary["train/optimizer_steps"] == 6
     assert summary["rl/first_rollout_success"] == logs[0][1]["rl/success"]
+    rates = [stats["rl/success"] for _, stats in logs]
+    assert [stats["rl/drawdown"] for _, stats in logs] == [0.0, max(rates) - rates[1]]
+    assert summary["rl/max_drawdown"] == max(rates) - rates[1]
+    # 8 episodes per iteration: the null probability is the exact one of those counts.
+    assert summary["rl/drawdown_null_probability"] == pytest.approx(
+        drawdown_null_probability([round(8 * r) for r in rates], 8))
     assert any(stats["rl/active_fraction"] > 0 for _, stats in logs), "no group had contrast: nothing learned"
     changed = any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), initial.state_dict().values()))
     assert changed
@@ -252,3 +259,15 @@ def test_train_reinforce_on_the_fake_env_is_deterministic():
     assert logs2 == logs
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_stability_line_says_whether_the_fall_is_noise():
+    from razor_robot.stages.finetune import stability_line
+
+    assert stability_line({"rl/max_drawdown": 0.109375, "rl/drawdown_null_probability": 0.534}) == (
+        "rollout success fell at most 10.9 points below its running best; a policy that never changed falls "
+        "that far in 53.4% of runs (within sampling noise)")
+    assert stability_line({"rl/max_drawdown": 0.175, "rl/drawdown_null_probability": 0.001}).endswith(
+        "in 0.1% of runs (more than sampling noise)")
+    assert stability_line({"rl/max_drawdown": 0.1, "rl/drawdown_null_probability": math.nan}).endswith(
+        "(episodes per iteration varied: no noise reference)")

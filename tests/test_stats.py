@@ -132,3 +132,39 @@ def test_episodes_to_resolve_scales_as_inverse_square():
     assert stats.episodes_to_resolve(30, 0.0, -1.0, 1.0) == math.inf
     assert stats.episodes_to_resolve(30, 1.0, math.nan, math.nan) == math.inf
     assert stats.episodes_to_resolve(30, 4.0, 0.0, 8.0) == 31.0  # touching 0: at least one more
+
+
+def test_max_drawdown_hand_computed():
+    assert stats.max_drawdown([0.1, 0.2, 0.05, 0.3, 0.25]) == pytest.approx(0.15)
+    assert stats.max_drawdown([1, 2, 3]) == 0.0
+    assert math.isnan(stats.max_drawdown([]))
+
+
+def _brute_force_drawdown_probability(successes, n):
+    """Enumerate every sequence of per-iteration counts with its binomial probability."""
+    import itertools
+
+    from scipy.stats import binom
+
+    p = sum(successes) / (len(successes) * n)
+    observed = stats.max_drawdown(successes)
+    total = 0.0
+    for path in itertools.product(range(n + 1), repeat=len(successes)):
+        if stats.max_drawdown(path) >= observed:
+            total += float(np.prod([binom.pmf(k, n, p) for k in path]))
+    return total
+
+
+def test_drawdown_null_probability_exact():
+    # One episode per iteration at pooled p = 1/2: only (success, failure) falls by 1 -> 1/4.
+    assert stats.drawdown_null_probability([1, 0], 1) == pytest.approx(0.25)
+    # Never falls: every run falls at least 0.
+    assert stats.drawdown_null_probability([0, 1, 2], 2) == 1.0
+    for successes, n in (([2, 0, 1], 2), ([3, 1, 2, 0], 3), ([1, 1, 0, 2], 4)):
+        assert stats.drawdown_null_probability(successes, n) == pytest.approx(
+            _brute_force_drawdown_probability(successes, n), abs=1e-12)
+    # A collapse to 0 from 14/80 is far beyond noise; a wobble of 2/80 is not.
+    assert stats.drawdown_null_probability([10, 14, 12, 3, 1, 0, 0, 0], 80) < 1e-3
+    assert stats.drawdown_null_probability([10, 12, 10, 11, 12, 10], 80) > 0.5
+    with pytest.raises(ValueError, match="one success count"):
+        stats.drawdown_null_probability([5, 3], 4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ class RunLogger:
         if self._run is not None:
             self._run.log({**metrics, "eval/train_step": train_step})
 
+    def summary(self, metrics: dict[str, float]) -> None:
+        """Whole-run figures (e.g. REINFORCE's rollout stability): one ``{"summary": ...}`` line, wandb's summary."""
+        self._append({"summary": metrics})
+        if self._run is not None:
+            self._run.summary.update(metrics)
+
     def finish(self) -> None:
         if self._run is not None:
             self._run.finish()
@@ -102,6 +109,16 @@ def make_meter(config: SweepConfig, run: RunSpec, inputs: RunInputs, policy: Any
     every = 1 if run.method == "rl" else config.meter.every
     return ForgettingMeter(base, images, instructions, every=every, fit=inputs.meter_fit,
                            batch_size=config.kl.batch_size, seed=run.seed)
+
+
+def stability_line(result: dict[str, float]) -> str:
+    """REINFORCE's rollout stability in words (see razor_robot.reinforce.rollout_stability)."""
+    drawdown, probability = 100 * result["rl/max_drawdown"], result["rl/drawdown_null_probability"]
+    line = f"rollout success fell at most {drawdown:.1f} points below its running best"
+    if math.isnan(probability):
+        return line + " (episodes per iteration varied: no noise reference)"
+    verdict = "more than sampling noise" if probability < 0.05 else "within sampling noise"
+    return line + f"; a policy that never changed falls that far in {100 * probability:.1f}% of runs ({verdict})"
 
 
 def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: bool = True,
@@ -140,10 +157,13 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
     with config.env_pool() as pool:  # workers start with the first rollout
         if run.method == "rl":
             grid, _ = config.positions()
-            train_reinforce(policy, grid, run.config, task=config.eval.new_task, unnorm_key=config.unnorm_key,
-                            pool=pool, adapter_factory=adapter_factory_for(config.backend),
-                            on_checkpoint=on_checkpoint, log=logger, progress=progress, accelerator=accelerator,
-                            meter=meter)
+            result = train_reinforce(policy, grid, run.config, task=config.eval.new_task,
+                                     unnorm_key=config.unnorm_key, pool=pool,
+                                     adapter_factory=adapter_factory_for(config.backend), on_checkpoint=on_checkpoint,
+                                     log=logger, progress=progress, accelerator=accelerator, meter=meter)
+            if logger is not None:
+                logger.summary({k: v for k, v in result.items() if k.startswith("rl/")})
+                print(f"{run.run_id}: {stability_line(result)}", flush=True)
             pool.release()  # evaluation starts them again; meanwhile the checkpoints load
         else:
             train_sft(policy, load_dataset(inputs.datasets[run.method]), run.config, unnorm_key=config.unnorm_key,
