@@ -101,8 +101,11 @@ class VisionBackbone(nn.Module):
 
     @staticmethod
     def _patches(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-        # Second-to-last block output, prefix (cls/register) tokens dropped, no final norm (OpenVLA).
-        (patches,) = tower.get_intermediate_layers(pixels, n=[len(tower.blocks) - 2])
+        # Second-to-last block output, prefix (cls/register) tokens dropped, no final norm: OpenVLA's
+        # get_intermediate_layers(n={len(blocks) - 2}). That call also runs the last block and drops its output;
+        # stop_early skips it (the same features; a ViT block less per image: half the tiny policy's towers).
+        (patches,) = tower.forward_intermediates(pixels, indices=[len(tower.blocks) - 2], stop_early=True,
+                                                 output_fmt="NLC", intermediates_only=True)
         return patches  # (B, P, d)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -308,6 +308,23 @@ def test_cached_decode_is_bit_identical_to_transformers_llama(policy, images):
         assert torch.equal(hidden, expected)
 
 
+def test_vision_features_skip_the_unused_last_block_and_equal_openvlas_call(policy, images):
+    backbone = policy.vision_backbone
+    tower = backbone.featurizer
+    pixels = policy.processor.pixel_values(images, policy.device, policy.dtype)[:, :3]
+    calls = []
+    hook = tower.blocks[-1].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.inference_mode():
+            (expected,) = tower.get_intermediate_layers(pixels, n=[len(tower.blocks) - 2])  # OpenVLA's call
+            assert calls == [1]
+            patches = backbone._patches(tower, pixels)
+    finally:
+        hook.remove()
+    assert calls == [1], "the last block ran although its output is unused"
+    assert torch.equal(patches, expected)
+
+
 def test_inverse_cdf_sampling_is_per_row_and_follows_the_softmax(policy, images):
     rng = np.random.default_rng(0)
     uniforms = rng.random((3, 4))
