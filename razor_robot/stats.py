@@ -169,15 +169,13 @@ def drawdown_null_probability(successes: Sequence[int], n: int) -> float:
     iteration cannot tell such a fall from noise. Exact: a dynamic programme over the running best (in
     counts) of the paths that have not yet fallen that far, O(T n^2).
     """
-    from scipy.stats import binom
-
     counts = np.asarray(successes, dtype=int)
     if counts.ndim != 1 or counts.size == 0 or n < 1 or counts.min() < 0 or counts.max() > n:
         raise ValueError(f"need one success count in [0, {n}] per iteration, got {successes!r}")
     drop = int(max_drawdown(counts))
     if drop == 0:
         return 1.0
-    pmf = binom.pmf(np.arange(n + 1), n, counts.sum() / (counts.size * n))  # (n+1,) successes per iteration
+    pmf = _binomial_pmf(n, counts.sum() / (counts.size * n))  # (n+1,) successes per iteration
     alive = pmf.copy()  # (n+1,) mass of paths whose running best is m and that never fell `drop` below it
     best, now = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")  # (n+1, n+1)
     new_best = np.maximum(best, now)
@@ -186,3 +184,12 @@ def drawdown_null_probability(successes: Sequence[int], n: int) -> float:
         moved = alive[:, None] * pmf[None, :] * survives  # (best, now)
         alive = np.bincount(new_best.ravel(), weights=moved.ravel(), minlength=n + 1)
     return float(np.clip(1.0 - alive.sum(), 0.0, 1.0))
+
+
+def _binomial_pmf(n: int, p: float) -> np.ndarray:
+    """P(k successes in n trials) for k = 0..n (numpy only: the core install has no scipy)."""
+    k = np.arange(n + 1)
+    if p <= 0.0 or p >= 1.0:
+        return (k == (n if p >= 1.0 else 0)).astype(float)
+    log_choose = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k])
+    return np.exp(log_choose + k * math.log(p) + (n - k) * math.log1p(-p))

@@ -144,14 +144,12 @@ def _brute_force_drawdown_probability(successes, n):
     """Enumerate every sequence of per-iteration counts with its binomial probability."""
     import itertools
 
-    from scipy.stats import binom
-
     p = sum(successes) / (len(successes) * n)
     observed = stats.max_drawdown(successes)
     total = 0.0
     for path in itertools.product(range(n + 1), repeat=len(successes)):
         if stats.max_drawdown(path) >= observed:
-            total += float(np.prod([binom.pmf(k, n, p) for k in path]))
+            total += math.prod(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in path)
     return total
 
 
@@ -168,3 +166,5 @@ def test_drawdown_null_probability_exact():
     assert stats.drawdown_null_probability([10, 12, 10, 11, 12, 10], 80) > 0.5
     with pytest.raises(ValueError, match="one success count"):
         stats.drawdown_null_probability([5, 3], 4)
+    # Every iteration failed (pooled p = 0) or succeeded: no fall, probability 1.
+    assert stats.drawdown_null_probability([0, 0, 0], 5) == 1.0
