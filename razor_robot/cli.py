@@ -154,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_frontier(args: argparse.Namespace) -> None:
-    from razor_robot.frontier import frontier_report
+    from razor_robot.summary import frontier_report
 
     if not Path(args.results).exists():
         raise FileNotFoundError(f"results file not found: {args.results}")

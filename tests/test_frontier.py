@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from razor_robot import frontier as fr
+from razor_robot import summary as rs
+from razor_robot import table1 as t1
+from razor_robot import verdict as vd
 
 pytestmark = pytest.mark.core
 
@@ -221,8 +224,8 @@ def _method_table(text):
 
 
 def test_summary_table_values():
-    assert fr.matched_new_task(SUMMARY) == 65
-    table = fr.summary_table(SUMMARY)
+    assert rs.matched_new_task(SUMMARY) == 65
+    table = rs.summary_table(SUMMARY)
     assert table.splitlines()[0].startswith("verdict: ")
     lines = _method_table(table)
     assert lines[0].split() == ["method", "runs", "best_new", "prior@new>=65.0", "kl@match", "R2(kl)",
@@ -237,9 +240,9 @@ def test_summary_table_values():
 
 def test_summary_table_alternative_distances_and_no_base():
     records = [dict(r, **{"kl/tv": r["kl"] / 2}) for r in SUMMARY]
-    row = _method_table(fr.summary_table(records))[3].split()
+    row = _method_table(rs.summary_table(records))[3].split()
     assert row[7] == row[5]  # tv = kl / 2: same R²
-    no_base = fr.summary_table(SUMMARY[1:])
+    no_base = rs.summary_table(SUMMARY[1:])
     assert "n/a" in _method_table(no_base)[1] and "forgetting (and R2) undefined" in no_base
 
 
@@ -262,8 +265,8 @@ def test_plots_written_atomically(tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("scipy")
     records = _realistic_records()
-    png = fr.plot_frontier(records, tmp_path / "sub" / "frontier.png")
-    kl_png = fr.plot_kl_forgetting(records, tmp_path / "kl_forgetting.png")
+    png = rs.plot_frontier(records, tmp_path / "sub" / "frontier.png")
+    kl_png = rs.plot_kl_forgetting(records, tmp_path / "kl_forgetting.png")
     for path in (png, kl_png):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["frontier.png", "kl_forgetting.png"]
@@ -274,8 +277,8 @@ def test_frontier_legend_names_a_method_with_no_point_near_the_frontier(tmp_path
     pytest.importorskip("scipy")
     records = _realistic_records() + [_rec("far", 30.0, 10.0, 1.0), _rec("far", 40.0, 5.0, 2.0)]
     figures = []
-    monkeypatch.setattr(fr, "_save_atomic", lambda fig, path: figures.append(fig) or Path(path))
-    fr.plot_frontier(records, tmp_path / "frontier.png", band_resamples=0)
+    monkeypatch.setattr(rs, "_save_atomic", lambda fig, path: figures.append(fig) or Path(path))
+    rs.plot_frontier(records, tmp_path / "frontier.png", band_resamples=0)
     labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
     assert labels.count("far") == 1 and labels.count("sft") == 1 and labels.count("reinforce") == 1
 
@@ -289,7 +292,7 @@ def test_frontier_report_from_jsonl_fractions(tmp_path):
     lines.insert(2, "")
     lines.append(json.dumps(_rec("rl", 0.1, 0.3, float("nan"))))  # json writes NaN; kl unusable
     results.write_text("\n".join(lines) + "\n")
-    text = fr.frontier_report(results, tmp_path / "out", scale=100, n_resamples=50)
+    text = rs.frontier_report(results, tmp_path / "out", scale=100, n_resamples=50)
     assert text.startswith("verdict: ")
     assert _method_table(text)[1].split()[:5] == ["sft", "3", "70.0", "50.0", "3.000"]
     names = {p.name for p in (tmp_path / "out").iterdir()}
@@ -387,9 +390,9 @@ RL_NEAR = [((9, 30), (13, 15), (12, 15), 0.9), ((15, 30), (11, 15), (10, 15), 1.
 
 def test_staircase_values():
     new, prior = [30, 50, 60], [93, 90, 86]
-    assert fr.staircase(new, prior, [0, 30, 30.5, 50, 55, 60, 61]).tolist() == [93, 93, 90, 90, 86, 86,
+    assert vd.staircase(new, prior, [0, 30, 30.5, 50, 55, 60, 61]).tolist() == [93, 93, 90, 90, 86, 86,
                                                                                    -math.inf]
-    assert fr.staircase([40, 40, 10], [70, 75, 90], [5, 20, 40]).tolist() == [90, 75, 75]  # ties: best kept
+    assert vd.staircase([40, 40, 10], [70, 75, 90], [5, 20, 40]).tolist() == [90, 75, 75]  # ties: best kept
 
 
 def test_matched_gap_hand_computed():
@@ -397,17 +400,17 @@ def test_matched_gap_hand_computed():
     # (0,40]: 8, (40,60]: 15, (60,65]: 24 -> (40·8 + 20·15 + 5·24) / 65 = 740 / 65
     rl = ([40, 60, 65], [78, 75, 74])
     sft = ([40, 60, 70], [70, 60, 50])
-    assert fr.matched_gap(rl, sft, 0.0) == pytest.approx((740 / 65, 0.0, 65.0), abs=1e-12)
-    assert fr.matched_gap(sft, rl, 0.0)[0] == pytest.approx(-740 / 65, abs=1e-12)
+    assert vd.matched_gap(rl, sft, 0.0) == pytest.approx((740 / 65, 0.0, 65.0), abs=1e-12)
+    assert vd.matched_gap(sft, rl, 0.0)[0] == pytest.approx(-740 / 65, abs=1e-12)
     # base above the shared range: lo is clipped to hi and the gap is the difference at hi
-    assert fr.matched_gap(rl, sft, 80.0) == (24.0, 65.0, 65.0)
+    assert vd.matched_gap(rl, sft, 80.0) == (24.0, 65.0, 65.0)
     # x_lo inside the range: only (50, 65] counts: (50,60]: 15, (60,65]: 24 -> (150 + 120) / 15
-    assert fr.matched_gap(rl, sft, 50.0)[0] == pytest.approx(18.0, abs=1e-12)
+    assert vd.matched_gap(rl, sft, 50.0)[0] == pytest.approx(18.0, abs=1e-12)
 
 
 def test_resample_scores_reuses_episode_indices_across_checkpoints():
     records = _sweep(RL_FAR)
-    reps = fr.resample_scores(records, n_resamples=64, seed=3)
+    reps = vd.resample_scores(records, n_resamples=64, seed=3)
     assert reps.new_task.shape == (64, 7) and reps.resampling == "paired episodes"
     # the draws: per task in order of first appearance (pick-can, open-drawer, close-drawer), one set each
     rng = np.random.default_rng(3)
@@ -424,18 +427,18 @@ def test_resample_scores_reuses_episode_indices_across_checkpoints():
 
 def test_resample_scores_fallbacks():
     records = [{k: v for k, v in r.items() if k != "episodes"} for r in _sweep(RL_FAR)]
-    reps = fr.resample_scores(records, n_resamples=2000, seed=0)
+    reps = vd.resample_scores(records, n_resamples=2000, seed=0)
     assert reps.resampling == "binomial from counts"
     assert reps.new_task[:, 0].mean() == pytest.approx(10.0, abs=0.5)  # Binomial(30, 0.1) / 30
     unpaired = [dict(r, paired=False) for r in _sweep(RL_FAR)]
-    assert fr.resample_scores(unpaired, 8).resampling == "unpaired episodes"
+    assert vd.resample_scores(unpaired, 8).resampling == "unpaired episodes"
     bare = [_rec("base", 10, 90), _rec("sft", 20, 80)]
     with pytest.raises(ValueError, match=r"record 0 \('base'\) has no per-episode outcomes or counts"):
-        fr.resample_scores(bare, 8)
+        vd.resample_scores(bare, 8)
 
 
 def test_verdict_resolves_rl_forgets_less():
-    verdict = fr.compare_methods(_sweep(RL_FAR, scale=4), n_resamples=400)
+    verdict = vd.compare_methods(_sweep(RL_FAR, scale=4), n_resamples=400)
     assert verdict.gap == pytest.approx(22.0, abs=1e-9) and verdict.matched == (10.0, 60.0)
     assert verdict.outcome == "a" and verdict.ci95[0] > 0 and verdict.episodes_needed is None
     assert verdict.episodes == {"pick-can": (120, 120), "open-drawer": (60, 60), "close-drawer": (60, 60)}
@@ -444,14 +447,14 @@ def test_verdict_resolves_rl_forgets_less():
     assert "over (10.0, 60.0]" in line and "pick-can 120, open-drawer 60, close-drawer 60" in line
     assert "paired episodes bootstrap, 400 resamples" in line
     # swapping the methods mirrors everything: same draws (the base comes first and holds every task)
-    mirrored = fr.compare_methods(_sweep(RL_FAR, scale=4), "sft", "rl", n_resamples=400)
+    mirrored = vd.compare_methods(_sweep(RL_FAR, scale=4), "sft", "rl", n_resamples=400)
     assert mirrored.gap == pytest.approx(-22.0, abs=1e-9) and mirrored.outcome == "b"
     assert mirrored.ci95 == pytest.approx((-verdict.ci95[1], -verdict.ci95[0]), abs=1e-9)
     assert mirrored.line().startswith("verdict: RL forgets less: retention gap SFT - RL = -22.0 points")
 
 
 def test_verdict_unresolved_with_episodes_needed():
-    verdict = fr.compare_methods(_sweep(RL_NEAR), n_resamples=400)
+    verdict = vd.compare_methods(_sweep(RL_NEAR), n_resamples=400)
     assert verdict.gap == pytest.approx(100 / 30, abs=1e-9) and verdict.matched == (10.0, 70.0)
     assert verdict.outcome == "unresolved"
     lo, hi = verdict.ci95
@@ -467,10 +470,10 @@ def test_verdict_unresolved_with_episodes_needed():
 
 def test_episodes_needed_is_enough():
     # the 3.3-point effect at 4x the episodes is still unresolved; at the count it asks for, it resolves
-    verdict = fr.compare_methods(_sweep(RL_NEAR, scale=4), n_resamples=300)
+    verdict = vd.compare_methods(_sweep(RL_NEAR, scale=4), n_resamples=300)
     assert verdict.outcome == "unresolved" and verdict.episodes_needed > 240
     scale = math.ceil(verdict.episodes_needed / 60)  # 60 episodes per checkpoint at scale 1
-    resolved = fr.compare_methods(_sweep(RL_NEAR, scale=scale), n_resamples=300)
+    resolved = vd.compare_methods(_sweep(RL_NEAR, scale=scale), n_resamples=300)
     assert resolved.gap == pytest.approx(100 / 30, abs=1e-9) and resolved.outcome == "a"
 
 
@@ -479,32 +482,32 @@ def test_paired_bootstrap_cancels_shared_episodes():
     base = _sweep(RL_FAR)[0]
     twin = _episode_record("sft", (15, 30), (10, 15), (10, 15), seed=11, base=base)
     records = [base, twin, dict(twin, method="rl")]
-    paired = fr.compare_methods(records, n_resamples=200)
+    paired = vd.compare_methods(records, n_resamples=200)
     assert paired.gap == 0.0 and paired.ci95 == (0.0, 0.0) and paired.outcome == "unresolved"
     assert paired.episodes_needed == math.inf and "no episode count resolves a zero gap" in paired.line()
-    unpaired = fr.compare_methods([dict(r, paired=False) for r in records], n_resamples=200)
+    unpaired = vd.compare_methods([dict(r, paired=False) for r in records], n_resamples=200)
     assert unpaired.ci95[0] < -5 and unpaired.ci95[1] > 5  # independent resamples: wide
     # RL succeeds on every drawer episode SFT does, and on 5 more: every paired resample has gap >= 0
     better = _episode_record("rl", (15, 30), (15, 15), (15, 15), seed=11)
     better["episodes"]["pick-can"] = twin["episodes"]["pick-can"]
-    assert fr.compare_methods([base, twin, better], n_resamples=200).ci95[0] >= 0
+    assert vd.compare_methods([base, twin, better], n_resamples=200).ci95[0] >= 0
 
 
 def test_verdict_without_intervals_or_methods():
-    old = fr.compare_methods(SUMMARY)
+    old = vd.compare_methods(SUMMARY)
     assert old.gap == pytest.approx(740 / 65) and old.ci95 is None and old.outcome == "unresolved"
     assert old.line().startswith("verdict: unresolved: retention gap RL - SFT = +11.4 points, at matched")
     assert old.line().endswith("CI unavailable: record 0 ('base') has no per-episode outcomes or counts "
                                "for new_task")
     counts_only = [{k: v for k, v in r.items() if k != "episodes"} for r in _sweep(RL_FAR, scale=4)]
-    assert fr.compare_methods(counts_only, n_resamples=200).resampling == "binomial from counts"
-    missing = fr.compare_methods([r for r in SUMMARY if r["method"] != "rl"])
+    assert vd.compare_methods(counts_only, n_resamples=200).resampling == "binomial from counts"
+    missing = vd.compare_methods([r for r in SUMMARY if r["method"] != "rl"])
     assert missing.line() == ("verdict: unresolved: needs records of both 'rl' and 'sft' "
                               "(methods found: 'sft')")
 
 
 def test_verdict_lines_other_methods():
-    lines = fr.verdict_lines(_sweep(RL_FAR, oracle=True), n_resamples=100)
+    lines = vd.verdict_lines(_sweep(RL_FAR, oracle=True), n_resamples=100)
     assert [line.split(":")[0] for line in lines] == ["verdict", "oracle-sft vs SFT", "oracle-sft vs RL"]
     # oracle (18/30 new, 28/30 prior) vs SFT over (10, 60]: ((28-24)·20 + (28-20)·20 + (28-15)·10) / 30 / 50
     assert "retention gap oracle-sft - SFT = +24.7 points" in lines[1]  # 370 / 15 = 24.67
@@ -515,18 +518,18 @@ def test_score_ci_and_format_rate():
     from razor_robot import stats
 
     record = _episode_record("sft", (11, 30), (14, 15), (13, 15), seed=1)
-    assert fr.score_ci(record, "new_task") == tuple(record["new_task/ci95"])
+    assert vd.score_ci(record, "new_task") == tuple(record["new_task/ci95"])
     lo, hi = (100 * v for v in stats.wilson_interval(11, 30))
-    assert fr.format_rate(record, "new_task") == f"36.7 [{lo:.1f}, {hi:.1f}] n=30"
-    assert fr.format_rate(record, "new_task") == "36.7 [21.9, 54.5] n=30"  # INTERFACES' example
+    assert rs.format_rate(record, "new_task") == f"36.7 [{lo:.1f}, {hi:.1f}] n=30"
+    assert rs.format_rate(record, "new_task") == "36.7 [21.9, 54.5] n=30"  # INTERFACES' example
     bare = {k: v for k, v in record.items() if not k.endswith("/ci95")}  # Wilson from n and successes
-    assert fr.score_ci(bare, "prior_task") == pytest.approx(tuple(record["prior_task/ci95"]), abs=1e-9)
+    assert vd.score_ci(bare, "prior_task") == pytest.approx(tuple(record["prior_task/ci95"]), abs=1e-9)
     episodes_only = {"method": "sft", "new_task": 36.7, "prior_task": 90.0, "prior/open-drawer": 93.3,
                      "prior/close-drawer": 86.7, "episodes": record["episodes"]}
-    assert fr.score_count(episodes_only, "new_task") == (11, 30)
-    assert fr.score_count(episodes_only, "prior_task") == (27, 30)
-    assert fr.score_ci(_rec("sft", 50, 50), "new_task") is None
-    assert fr.format_rate(_rec("sft", 50, 50), "new_task") == "50.0"
+    assert vd.score_count(episodes_only, "new_task") == (11, 30)
+    assert vd.score_count(episodes_only, "prior_task") == (27, 30)
+    assert vd.score_ci(_rec("sft", 50, 50), "new_task") is None
+    assert rs.format_rate(_rec("sft", 50, 50), "new_task") == "50.0"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -534,12 +537,12 @@ def test_score_ci_and_format_rate():
 # --------------------------------------------------------------------------------------------------------
 def test_weighted_r2_matches_polyfit_and_case_resampling():
     d, y = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 1.0, 3.0])
-    assert fr._weighted_quadratic_r2(d, y, np.ones((1, 4)))[0] == pytest.approx(86 / 95, abs=1e-12)
+    assert t1._weighted_quadratic_r2(d, y, np.ones((1, 4)))[0] == pytest.approx(86 / 95, abs=1e-12)
     # integer weights = the points repeated: R² of polyfit on the expanded data
     counts = np.array([[2, 0, 1, 3], [0, 0, 1, 3]])
     expanded = np.repeat(d, counts[0]), np.repeat(y, counts[0])
     fitted = np.polyval(np.polyfit(*expanded, 2), expanded[0])
-    r2 = fr._weighted_quadratic_r2(d, y, counts)
+    r2 = t1._weighted_quadratic_r2(d, y, counts)
     assert r2[0] == pytest.approx(fr.r_squared(expanded[1], fitted), abs=1e-12)
     assert math.isnan(r2[1])  # only 2 distinct distances carry weight
 
@@ -560,12 +563,12 @@ def _r2_records():
 
 
 def test_predictor_keys_exclude_ci_and_per_position():
-    assert fr.predictor_keys(_r2_records()) == ["kl/forward", "kl/tv", "kl/l2", "pred/weight_l1"]
-    assert fr.predictor_keys([_rec("sft", 1, 2, 0.5)]) == ["kl/forward"]  # old records: "kl" only
+    assert t1.predictor_keys(_r2_records()) == ["kl/forward", "kl/tv", "kl/l2", "pred/weight_l1"]
+    assert t1.predictor_keys([_rec("sft", 1, 2, 0.5)]) == ["kl/forward"]  # old records: "kl" only
 
 
 def test_r2_fits_exact_fit_and_comparisons():
-    rows = {row.predictor: row for row in fr.r2_fits(_r2_records(), n_resamples=300, seed=0)}
+    rows = {row.predictor: row for row in t1.r2_fits(_r2_records(), n_resamples=300, seed=0)}
     forward = rows["kl/forward"]
     assert forward.r2 == pytest.approx(1.0, abs=1e-12) and forward.n_points == 9
     assert forward.ci95 == pytest.approx((1.0, 1.0), abs=1e-9)  # an exact law stays exact in every resample
@@ -581,17 +584,17 @@ def test_r2_fits_exact_fit_and_comparisons():
     assert l2.r2 == pytest.approx(fr.fit_forgetting_vs_distance(_r2_records(), "kl/l2").r2, abs=1e-12)
     # and "worse" when the alternative is the exact one
     swapped = [dict(r, **{"kl/forward": r["kl/l2"], "kl/l2": r["kl/forward"]}) for r in _r2_records()]
-    rows = {row.predictor: row for row in fr.r2_fits(swapped, ["kl/forward", "kl/l2"], n_resamples=300)}
+    rows = {row.predictor: row for row in t1.r2_fits(swapped, ["kl/forward", "kl/l2"], n_resamples=300)}
     assert rows["kl/l2"].forward_kl_is == "worse" and rows["kl/l2"].difference_ci95[1] < 0
     with pytest.raises(ValueError, match="no record with method == 'base'"):
-        fr.r2_fits(_r2_records()[1:])
+        t1.r2_fits(_r2_records()[1:])
 
 
 def test_table1_sorted_and_csv(tmp_path):
-    rows = fr.table1(_r2_records(), n_resamples=200)
+    rows = t1.table1(_r2_records(), n_resamples=200)
     assert [row.predictor for row in rows][:2] == ["kl/forward", "kl/tv"]  # ties keep first-seen order
     assert [row.r2 for row in rows] == sorted([row.r2 for row in rows], reverse=True)
-    path = fr.write_table1(rows, tmp_path / "table1.csv")
+    path = t1.write_table1(rows, tmp_path / "table1.csv")
     lines = path.read_text().splitlines()
     assert lines[0] == ("predictor,r2,r2_ci_lo,r2_ci_hi,n_points,forward_minus_r2,diff_ci_lo,diff_ci_hi,"
                         "forward_kl_is")
@@ -599,12 +602,12 @@ def test_table1_sorted_and_csv(tmp_path):
     assert first[0] == "kl/forward" and float(first[1]) == pytest.approx(1.0) and first[4] == "9"
     assert first[5:] == ["", "", "", ""]
     assert [line.split(",")[0] for line in lines[1:]] == [row.predictor for row in rows]
-    text = fr.format_table1(rows)
+    text = t1.format_table1(rows)
     assert text.startswith("Table 1: R2 of the quadratic fit") and "pred/weight_l1" in text
 
 
 def test_forward_kl_line():
-    line = fr.forward_kl_line(_r2_records(), n_resamples=200)
+    line = t1.forward_kl_line(_r2_records(), n_resamples=200)
     assert line.startswith("forward KL fit: R2 1.000 [1.000, 1.000] (n=9, checkpoint bootstrap)")
     assert "; vs kl/tv: not resolved (R2 1.000, diff +0.000" in line and "; vs kl/l2: better" in line
 
@@ -614,15 +617,15 @@ def test_forward_kl_line():
 # --------------------------------------------------------------------------------------------------------
 def test_summary_opens_with_verdict_and_shows_intervals():
     records = _sweep(RL_FAR, scale=4, oracle=True)
-    text = fr.summary_table(records, n_resamples=100)
+    text = rs.summary_table(records, n_resamples=100)
     lines = text.splitlines()
     assert lines[0].startswith("verdict: RL forgets less")
     assert lines[1].startswith("oracle-sft vs SFT:") and lines[3].startswith("forward KL fit: R2 ")
     table = [re.split(r"\s{2,}", line) for line in _method_table(text)]
     sft = next(row for row in table if row[0] == "sft")
-    assert sft[2] == fr.format_rate(records[3], "new_task") and sft[2].endswith("n=120")
+    assert sft[2] == rs.format_rate(records[3], "new_task") and sft[2].endswith("n=120")
     # prior@new>=60 for SFT: its staircase at 60 is the 70%-new checkpoint (prior 50.0)
-    assert sft[3] == fr.format_rate(records[3], "prior_task") and sft[3].startswith("50.0 [")
+    assert sft[3] == rs.format_rate(records[3], "prior_task") and sft[3].startswith("50.0 [")
     assert "base: new_task 10.0 [" in text
     checkpoints = [re.split(r"\s{2,}", line) for line in text.split("checkpoints (")[1].splitlines()[2:]]
     assert len(checkpoints) == len(records)
@@ -635,14 +638,14 @@ def test_summary_opens_with_verdict_and_shows_intervals():
 def test_plots_and_report_with_intervals(tmp_path):
     pytest.importorskip("matplotlib")
     records = _sweep(RL_FAR, oracle=True)
-    band = fr._frontier_band([r for r in records if r["method"] == "sft"], np.linspace(30, 70, 5), 2.0, 20, 0)
+    band = rs._frontier_band([r for r in records if r["method"] == "sft"], np.linspace(30, 70, 5), 2.0, 20, 0)
     assert band is not None and np.all(band[0] <= band[1])
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
-    text = fr.frontier_report(results, tmp_path / "out", n_resamples=100, band_resamples=10)
+    text = rs.frontier_report(results, tmp_path / "out", n_resamples=100, band_resamples=10)
     assert text.startswith("verdict: ") and "\nTable 1: R2" in text
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"frontier.png", "kl_forgetting.png", "table1.csv"}
-    assert (out / "table1.csv").read_text().splitlines()[1].split(",")[0] in fr.predictor_keys(records)
+    assert (out / "table1.csv").read_text().splitlines()[1].split(",")[0] in t1.predictor_keys(records)
     for name in ("frontier.png", "kl_forgetting.png"):
         assert (out / name).stat().st_size > 10_000

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from razor_robot.acting import VLAActor
 from razor_robot.experiment import METHODS, SweepConfig
-from razor_robot.frontier import frontier_outputs
+from razor_robot.summary import frontier_outputs
 from razor_robot.meter import fit_from_records, meter_summary
 from razor_robot.records import atomic_write_text, completed_records, read_records
 from razor_robot.rollout import EpisodeRequest
