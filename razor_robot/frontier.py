@@ -6,7 +6,7 @@ Works on plain records, e.g. the lines of results.jsonl:
 
 Conventions:
 - Scores are success rates in **percentage points** (0-100); `tolerance` is in points. Records holding
-  fractions (0-1) are converted by `load_records(path, scale=100)` / `frontier_report(..., scale=100)`.
+  fractions (0-1) are converted by `load_records(path, scale=100)` (razor_robot.summary.frontier_report too).
 - The record with method == "base" is the pre-fine-tuning policy: forgetting = base prior_task - prior_task.
 - Distances (`kl`, `kl/reverse`, `kl/tv`, `kl/l2`) may be missing, None or NaN: such records are left out of
   the fits that need them and drawn nowhere on the distance plot. "kl" falls back to "kl/forward" (the key
