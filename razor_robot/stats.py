@@ -167,7 +167,7 @@ def drawdown_null_probability(successes: Sequence[int], n: int) -> float:
     ``successes`` (T,) are per-iteration success counts out of the same n episodes. A small value says the
     fall is more than sampling noise of a policy that did not change; a large one, that n episodes per
     iteration cannot tell such a fall from noise. Exact: a dynamic programme over the running best (in
-    counts) of the paths that have not yet fallen that far, O(T n^2).
+    counts) of the paths that have not yet fallen that far, O(T n).
     """
     counts = np.asarray(successes, dtype=int)
     if counts.ndim != 1 or counts.size == 0 or n < 1 or counts.min() < 0 or counts.max() > n:
@@ -176,13 +176,15 @@ def drawdown_null_probability(successes: Sequence[int], n: int) -> float:
     if drop == 0:
         return 1.0
     pmf = _binomial_pmf(n, counts.sum() / (counts.size * n))  # (n+1,) successes per iteration
+    cdf = np.cumsum(pmf)
+    # P(best - drop < k <= best) for each running best: the draws that keep a path alive without a new best.
+    below = np.concatenate([np.zeros(drop), cdf[:-drop]])  # drop <= n: counts never exceed n
+    stay = cdf - below  # (n+1,)
     alive = pmf.copy()  # (n+1,) mass of paths whose running best is m and that never fell `drop` below it
-    best, now = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")  # (n+1, n+1)
-    new_best = np.maximum(best, now)
-    survives = best - now < drop
     for _ in range(counts.size - 1):
-        moved = alive[:, None] * pmf[None, :] * survives  # (best, now)
-        alive = np.bincount(new_best.ravel(), weights=moved.ravel(), minlength=n + 1)
+        # A new best j from any lower best, or best j kept by a draw that falls less than `drop`.
+        lower = np.concatenate([[0.0], np.cumsum(alive)[:-1]])  # (n+1,) sum of alive[m] for m < j
+        alive = pmf * lower + alive * stay
     return float(np.clip(1.0 - alive.sum(), 0.0, 1.0))
 
 
