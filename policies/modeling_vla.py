@@ -151,7 +151,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def cached_decode(llm: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                  cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+                  cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None, last_only: bool = False):
     """Inference-only Llama decoder with a key/value cache: the same computation as transformers' LlamaModel.
 
     transformers' decoder spends most of a small model's decoding time in its own plumbing (cache objects,
@@ -164,6 +164,11 @@ def cached_decode(llm: nn.Module, embeds: torch.Tensor, positions: torch.Tensor,
     embeds (B, T, H) are the new tokens at RoPE ``positions`` (B, T); ``mask`` (B, T_past + T) marks real
     tokens (0 = pad) of the whole sequence; ``cache`` holds each layer's (keys, values) of the T_past earlier
     tokens. Returns (hidden states after the final norm (B, T, H), the cache including the new tokens).
+
+    ``last_only``: return only the last position's hidden state (B, 1, H). The last layer then computes keys and
+    values for every position (the cache needs them) but its query, attention output and MLP for the last
+    position alone: a quarter less work for the tiny policy's prefill. Equal to the full computation up to
+    float rounding (the kernels see other shapes), not bit for bit.
     """
     config = llm.config
     batch, length, width = embeds.shape
@@ -182,17 +187,23 @@ def cached_decode(llm: nn.Module, embeds: torch.Tensor, positions: torch.Tensor,
     for index, layer in enumerate(llm.layers):
         attn = layer.self_attn
         h = _rms_norm(layer.input_layernorm, x)
-        q = attn.q_proj(h).view(batch, length, n_heads, head_dim).transpose(1, 2)  # (B, h, T, d)
         k = attn.k_proj(h).view(batch, length, n_kv, head_dim).transpose(1, 2)  # (B, h_kv, T, d)
         v = attn.v_proj(h).view(batch, length, n_kv, head_dim).transpose(1, 2)  # (B, h_kv, T, d)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        k = _rotate(k, cos, sin)
         if cache is not None:
             k, v = torch.cat([cache[index][0], k], 2), torch.cat([cache[index][1], v], 2)  # (B, h_kv, T_all, d)
         new_cache.append((k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=attn.scaling,
-                                             is_causal=attn_mask is None and length > 1,
-                                             enable_gqa=n_kv != n_heads)  # (B, h, T, d)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, length, n_heads * head_dim))
+        layer_mask, queries = attn_mask, length
+        if last_only and index == len(llm.layers) - 1 and length > 1:
+            # The last position's query sees every key: no causal mask, only the pads' (if any).
+            x, h, queries = x[:, -1:], h[:, -1:], 1
+            layer_mask = None if attn_mask is None else attn_mask[:, :, -1:]  # (B, 1, 1, T_all)
+        q = attn.q_proj(h).view(batch, queries, n_heads, head_dim).transpose(1, 2)  # (B, h, T_q, d)
+        q = _rotate(q, cos[:, :, -queries:], sin[:, :, -queries:])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=layer_mask, scale=attn.scaling,
+                                             is_causal=layer_mask is None and queries > 1,
+                                             enable_gqa=n_kv != n_heads)  # (B, h, T_q, d)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, queries, n_heads * head_dim))
         h = _rms_norm(layer.post_attention_layernorm, x)
         mlp = layer.mlp
         x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
@@ -381,7 +392,7 @@ class VLAPolicy(nn.Module):
     def _sample(self, images, instructions, temperature, generator, uniforms=None) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, mask = self._prefix(images, instructions)  # (B, T0, H), (B, T0)
         positions = self.processor.pad_mask_positions(mask)  # (B, T0)
-        hidden, cache = cached_decode(self.language_model.model, embeds, positions, mask)
+        hidden, cache = cached_decode(self.language_model.model, embeds, positions, mask, last_only=True)
         embed = self.language_model.get_input_embeddings()
         steps_tokens, steps_logits = [], []
         for step in range(self.action_dim):

@@ -49,7 +49,8 @@ class VLAActor:
         if self.temperature > 0:
             uniforms = np.stack([self._streams[s].random(dim) for s in slots])  # (N, D) in [0, 1)
         was_training = self.policy.training
-        self.policy.eval()
+        if was_training:  # eval() walks every module: once per rollout call adds up to seconds per sweep
+            self.policy.eval()
         try:
             tokens = torch.cat([
                 self.policy.sample_actions(
@@ -59,7 +60,8 @@ class VLAActor:
                 for i in range(0, len(images), self.batch_size)
             ])  # (N, D)
         finally:
-            self.policy.train(was_training)
+            if was_training:
+                self.policy.train()
         actions = np.asarray(self.policy.tokens_to_actions(tokens, self.unnorm_key), np.float32)  # (N, D)
         if self.adapter_factory is not None:
             actions = np.stack([self._adapters[s](a) for s, a in zip(slots, actions)]).astype(np.float32)

@@ -53,6 +53,7 @@ def _load_config(path: str, overrides: Sequence[str] = ()):
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
+    from razor_robot.env_pool import ROLLOUT_TOTALS
     from razor_robot.stages.report import write_report
     from razor_robot.sweep import run_sweep
 
@@ -61,6 +62,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     out = Path(args.out or Path("runs") / config.name)
     results = run_sweep(config, out, progress=not args.no_progress)
     write_report(config, results, out, progress=not args.no_progress)
+    print(ROLLOUT_TOTALS.line())
 
 
 def cmd_train(args: argparse.Namespace) -> None:

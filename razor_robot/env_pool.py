@@ -9,6 +9,8 @@ Rollouts are the experiment's cost, so the engine is built around the simulator,
 - **Policy and simulation overlap.** The slots form two halves, each spread over all workers. While the
   workers step one half, the learner runs the policy on the other half's observations, one batched call for
   all of them; then the roles swap. With the policy cheaper than a half's simulation, the workers never wait.
+  When one half runs out of episodes (the last wave of a rollout), the other is split in two the same way,
+  so the tail overlaps too instead of policy and simulation taking turns.
 - **Episodes are independent of scheduling.** Each episode's outcome depends only on its request and the
   policy's per-episode state (``start_episode(slot, request)``: adapters, demonstrators, and a random stream
   seeded from the request), never on which slot ran it or what it was batched with. So the engine returns
@@ -36,6 +38,7 @@ import functools
 import json
 import multiprocessing as mp
 import os
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,6 +53,24 @@ from razor_robot.rollout import BatchPolicy, EpisodeRequest, Trajectory, lockste
 ENGINES = ("subprocess", "ray")
 EnvFactory = Callable[..., Any]
 """``factory(task, **env_options) -> gymnasium.Env`` following the task contract (docs/ARCHITECTURE.md)."""
+
+
+@dataclass
+class RolloutTotals:
+    """What every pool of this process has simulated so far (the sweep's closing line; scripts/bench_sweep.py)."""
+
+    episodes: int = 0
+    env_steps: int = 0
+    seconds: float = 0.0
+    """Wall-clock inside ``EnvPool.rollout``, worker start-up included."""
+
+    def line(self) -> str:
+        rate = self.env_steps / self.seconds if self.seconds > 0 else float("nan")
+        return (f"rollouts: {self.episodes} episodes, {self.env_steps} env steps in {self.seconds:.0f} s "
+                f"({rate:.0f} env-steps/s)")
+
+
+ROLLOUT_TOTALS = RolloutTotals()
 
 
 def usable_cpus() -> int:
@@ -288,14 +309,20 @@ class EnvPool:
             return []
         label = progress if isinstance(progress, str) else "rollout " + "/".join(sorted({r.task for r in requests}))
         bar = tqdm(total=len(requests), desc=label, disable=not progress, leave=False)
+        start = time.perf_counter()
         try:
             with _single_torch_thread():
                 if self.engine == "ray":
-                    return self._ray_rollout(requests, policy, keep_images, bar)
-                self.start()
-                return self._overlapped_rollout(requests, policy, keep_images, bar)
+                    trajectories = self._ray_rollout(requests, policy, keep_images, bar)
+                else:
+                    self.start()
+                    trajectories = self._overlapped_rollout(requests, policy, keep_images, bar)
         finally:
             bar.close()
+        ROLLOUT_TOTALS.episodes += len(trajectories)
+        ROLLOUT_TOTALS.env_steps += sum(t.length for t in trajectories)
+        ROLLOUT_TOTALS.seconds += time.perf_counter() - start
+        return trajectories
 
     def _ray_rollout(self, requests: list[EpisodeRequest], policy: BatchPolicy, keep_images: bool,
                      bar: tqdm) -> list[Trajectory]:
@@ -321,44 +348,52 @@ class EnvPool:
         n_slots = min(self.num_slots, len(requests))
         # Slot s lives on worker s % n_workers; the halves alternate along slots, so each spans all workers.
         halves = [[s for s in range(n_slots) if (s // n_workers) % 2 == h] for h in (0, 1)]
-        halves = [h for h in halves if h]
         queue = deque(enumerate(requests))
         episodes: dict[int, _Episode] = {}
         results: list[Trajectory | None] = [None] * len(requests)
-        ops: list[dict[int, tuple]] = [{} for _ in halves]  # per half: slot -> operation to send next
+        pending: list[dict[int, tuple]] = [{}, {}]  # per half: slot -> the operation in flight
         for h, half in enumerate(halves):
+            first_ops = {}
             for slot in half:
                 index, request = queue.popleft()
-                ops[h][slot] = (slot, "reset", _reset_payload(request), index, request)
-        pending = [self._send(op_map) for op_map in ops]  # per half: (worker -> sent slots) in flight
-        while any(pending):
-            for h in range(len(halves)):
-                if not pending[h]:
+                first_ops[slot] = (slot, "reset", _reset_payload(request), index, request)
+            pending[h] = self._send(first_ops)
+        # Halves are received in the order they were sent: each worker answers its messages in that order.
+        in_flight = deque(h for h in (0, 1) if pending[h])
+        while in_flight:
+            h = in_flight.popleft()
+            replies = self._receive(pending[h])
+            ops: dict[int, tuple] = {}  # slot -> this half's next operation
+            ready: list[int] = []
+            for slot, (kind, result, next_reset) in replies.items():
+                op = pending[h][slot]
+                if kind == "reset":
+                    episodes[slot] = self._begin(slot, op[3], op[4], result, policy)
+                    ready.append(slot)
                     continue
-                replies = self._receive(pending[h])
-                ready: list[int] = []
-                for slot, (kind, result, next_reset) in replies.items():
-                    op = pending[h][slot]
-                    if kind == "reset":
-                        episodes[slot] = self._begin(slot, op[3], op[4], result, policy)
-                        ready.append(slot)
-                        continue
-                    finished = self._record_step(episodes[slot], result)
-                    if finished:
-                        episode = episodes.pop(slot)
-                        results[episode.index] = episode.trajectory(keep_images)
-                        bar.update(1)
-                        if next_reset is not None:
-                            episodes[slot] = self._begin(slot, op[4], op[5], next_reset, policy)
-                    if slot in episodes:
-                        ready.append(slot)
-                    elif queue:  # ended early: the next request needs a plain reset
-                        index, request = queue.popleft()
-                        ops[h][slot] = (slot, "reset", _reset_payload(request), index, request)
-                if ready:
-                    self._act(ready, episodes, policy, queue, ops[h], keep_images)
-                pending[h] = self._send(ops[h])
-                ops[h] = {}
+                finished = self._record_step(episodes[slot], result)
+                if finished:
+                    episode = episodes.pop(slot)
+                    results[episode.index] = episode.trajectory(keep_images)
+                    bar.update(1)
+                    if next_reset is not None:
+                        episodes[slot] = self._begin(slot, op[4], op[5], next_reset, policy)
+                if slot in episodes:
+                    ready.append(slot)
+                elif queue:  # ended early: the next request needs a plain reset
+                    index, request = queue.popleft()
+                    ops[slot] = (slot, "reset", _reset_payload(request), index, request)
+            if ready:
+                self._act(ready, episodes, policy, queue, ops, keep_images)
+            parts = {h: ops}
+            if not pending[1 - h]:
+                # The other half ran dry (the last wave): split this one so that policy and simulation still
+                # overlap. Its first part is sent first, so the workers step the second while the policy acts.
+                parts = dict(zip((h, 1 - h), _split_by_worker(ops, n_workers)))
+            for part, part_ops in parts.items():
+                pending[part] = self._send(part_ops)
+                if pending[part]:
+                    in_flight.append(part)
         return results  # type: ignore[return-value]
 
     # ---- helpers of the overlapped engine ----
@@ -435,6 +470,20 @@ class EnvPool:
                 op_map[slot] = (slot, "step", actions[i], _reset_payload(request), index, request)
             else:
                 op_map[slot] = (slot, "step", actions[i], None)
+
+
+def _split_by_worker(op_map: dict[int, tuple], n_workers: int) -> tuple[dict[int, tuple], dict[int, tuple]]:
+    """Two parts of a half's operations, each worker's slots shared between them (its first half first)."""
+    first: dict[int, tuple] = {}
+    second: dict[int, tuple] = {}
+    per_worker: dict[int, list[int]] = {}
+    for slot in sorted(op_map):
+        per_worker.setdefault(slot % n_workers, []).append(slot)
+    for slots in per_worker.values():
+        cut = -(-len(slots) // 2)
+        first.update((slot, op_map[slot]) for slot in slots[:cut])
+        second.update((slot, op_map[slot]) for slot in slots[cut:])
+    return first, second
 
 
 def _with_options(factory: EnvFactory, base_options: dict[str, Any], task: str, **overrides: Any) -> Any:

@@ -111,6 +111,9 @@ class RLConfig:
             raise ValueError("need kl_coef >= 0, 0 < clip_eps < 1 and temperature > 0")
         if self.variant == "kl-reinforce" and self.kl_coef == 0:
             raise ValueError("variant kl-reinforce needs kl_coef > 0")
+        if self.optim.schedule != "constant":  # the number of optimiser steps depends on the rollouts
+            raise ValueError(f"RL trains at a constant learning rate after warmup, got schedule "
+                             f"{self.optim.schedule!r}")
         if self.optimizer_steps_per_iteration is not None and self.optimizer_steps_per_iteration < 1:
             raise ValueError(f"optimizer_steps_per_iteration must be >= 1 or null, "
                              f"got {self.optimizer_steps_per_iteration}")

@@ -138,7 +138,7 @@ def train_sft(
     checkpoint_steps = sorted({max(1, round(total_steps * (i + 1) / config.checkpoints))
                                for i in range(config.checkpoints)})
     model = accelerator.prepare(policy)
-    optimizer, scheduler = make_optimizer(model, optim_cfg)
+    optimizer, scheduler = make_optimizer(model, optim_cfg, total_steps)
     optimizer = accelerator.prepare(optimizer)
     model.train()
     order = torch.randperm(len(dataset), generator=generator)

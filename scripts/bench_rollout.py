@@ -1,6 +1,6 @@
 """Benchmark the rollout engine against the machine's simulation bound, measured in the same run.
 
-    python scripts/bench_rollout.py                       # 2 workers x 16 envs (this machine's CPUs), 64 px
+    python scripts/bench_rollout.py                       # 2 workers x 32 envs (this machine's CPUs), 64 px
     python scripts/bench_rollout.py --lockstep-workers 6  # also the lockstep engine (AsyncVectorEnv, 6 envs)
 
 It prints, for the embedded default (Meta-World pick-can, 64 px, the tiny policy):
@@ -30,10 +30,11 @@ class BenchConfig:
 
     workers: int = 0
     """Env worker processes (0: one per usable CPU)."""
-    envs_per_worker: int = 16
-    """Env slots per worker."""
-    episodes: int = 96
-    """Episodes per measurement (30 steps each)."""
+    envs_per_worker: int = 32
+    """Env slots per worker (configs/quickstart.yaml's 32)."""
+    episodes: int = 192
+    """Episodes per measurement (30 steps each); 192 = one quickstart checkpoint's evaluation (64 pick-can + 2 x 64
+    drawer episodes), three waves of the 2 x 32 slots."""
     raw_steps: int = 1200
     """Env steps of the raw single-process measurement."""
     lockstep_workers: int = 0
@@ -42,6 +43,8 @@ class BenchConfig:
     """Camera resolution."""
     seed: int = 0
     """Seed of positions, actions and the policy's initialisation."""
+    prompt_template: str = "simpler-env"
+    """The policy's prompt: "simpler-env" (the bare instruction, as configs/quickstart.yaml) or "openvla"."""
     rounds: int = 3
     """Rounds of (raw, eval, rl), each ratio against the raw rate measured just before it: these machines drift
     by tens of percent within minutes, so one raw reading can be off for the whole run. The median is reported."""
@@ -136,7 +139,7 @@ def main() -> None:
     cpus = usable_cpus()
     workers = config.workers or cpus
     torch.manual_seed(config.seed)
-    policy = load_policy("tiny", device="cpu", dtype=torch.float32).eval()
+    policy = load_policy("tiny", device="cpu", dtype=torch.float32, prompt_template=config.prompt_template).eval()
     policy.set_norm_stats("bench", compute_norm_stats(np.random.default_rng(0).uniform(-1, 1, (256, 4))))
     positions = eval_positions(config.episodes, seed=config.seed)
     requests = [EpisodeRequest("pick-can", 10_000 + i, tuple(map(float, xy))) for i, xy in enumerate(positions)]

@@ -308,6 +308,39 @@ def test_cached_decode_is_bit_identical_to_transformers_llama(policy, images):
         assert torch.equal(hidden, expected)
 
 
+@pytest.mark.parametrize("overrides", [{"fused": True}, {"image_size": 32}])
+def test_pixel_values_equal_the_per_channel_formula(images, overrides):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TVF
+
+    processor = load_policy("tiny", seed=0, **overrides).processor
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+    expected = []
+    for tower in processor.config.towers:  # resize (when the tower's size differs), [0, 1], (x - mean) / std
+        resized = nchw if tower.image_size == 64 else TVF.resize(
+            nchw, [tower.image_size] * 2, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        pixels = resized.float() / 255.0
+        expected.append((pixels - torch.tensor(tower.mean).view(1, 3, 1, 1)) / torch.tensor(tower.std).view(1, 3, 1, 1))
+    pixels = processor.pixel_values(images, torch.device("cpu"), torch.float32)
+    assert torch.equal(pixels, torch.cat(expected, dim=1))
+
+
+def test_last_only_prefill_matches_the_full_prefill(policy, images):
+    from razor_robot.policies.modeling_vla import cached_decode
+
+    llm = policy.language_model.model
+    with torch.inference_mode():
+        for rows in (INSTRUCTIONS, [INSTRUCTIONS[0]] * 3):  # padded rows, then no pads (the causal path)
+            embeds, mask = policy._prefix(images, rows)
+            positions = policy.processor.pad_mask_positions(mask)
+            full, full_cache = cached_decode(llm, embeds, positions, mask)
+            last, last_cache = cached_decode(llm, embeds, positions, mask, last_only=True)
+            assert last.shape == (3, 1, full.shape[-1])
+            torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+            for (k_full, v_full), (k_last, v_last) in zip(full_cache, last_cache):
+                assert torch.equal(k_full, k_last) and torch.equal(v_full, v_last)  # every key still cached
+
+
 def test_vision_features_skip_the_unused_last_block_and_equal_openvlas_call(policy, images):
     backbone = policy.vision_backbone
     tower = backbone.featurizer

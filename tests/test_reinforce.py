@@ -204,6 +204,8 @@ def test_rl_config_rejects_bad_values():
         _config("kl-reinforce")
     with pytest.raises(ValueError):
         _config(clip_eps=1.5)
+    with pytest.raises(ValueError, match="RL trains at a constant learning rate after warmup, got schedule 'cosine'"):
+        RLConfig(OptimConfig(batch_size=8, schedule="cosine"))
 
 
 # -------------------------------------------------------------------------------------------- end to end

@@ -105,6 +105,31 @@ def test_pool_equals_the_lockstep_engine_array_for_array(workers, per_worker):
     assert len({t.success for t in got}) == 2  # both outcomes occur: the comparison is not vacuous
 
 
+def test_the_last_wave_is_split_so_policy_and_simulation_still_overlap():
+    # 2 workers x 4 slots, 12 episodes of 5 steps: the second wave (4 episodes) lands on one half of the slots.
+    # Once the other half has run dry, the engine splits the busy half in two, so the policy acts on 2 envs at
+    # a time while the workers step the other 2; the episodes are the lockstep engine's.
+    requests = [EpisodeRequest("pick-can", seed=200 + s, object_xy=(0.05 * s - 0.3, 0.1)) for s in range(12)]
+    vector_env = make_vector_env(functools.partial(make_reach_env, "pick-can"), 2)
+    try:
+        expected = lockstep_rollout(vector_env, requests, NoisyPolicy())
+    finally:
+        vector_env.close()
+    policy, batches = NoisyPolicy(), []
+
+    def recording(images, states, instructions, slots):
+        batches.append(sorted(slots))
+        return policy(images, states, instructions, slots)
+
+    recording.start_episode = policy.start_episode
+    with EnvPool(num_workers=2, envs_per_worker=4, env_factory=make_reach_env) as pool:
+        got = pool.rollout(requests, recording, progress=False)
+    assert_same_trajectories(got, expected)
+    # Wave 1 alternates between the halves (each spans both workers); wave 2 starts on half 0 while half 1's
+    # last step is still in flight, then half 0 is split into one slot per worker per part.
+    assert batches == [[0, 1, 4, 5], [2, 3, 6, 7]] * 5 + [[0, 1, 4, 5]] * 2 + [[0, 1], [4, 5]] * 3
+
+
 class CountingDemonstrator:
     def __init__(self):
         self.calls = 0

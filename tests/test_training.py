@@ -124,6 +124,27 @@ def test_warmup_is_linear_then_constant():
     assert optimizer.param_groups[0]["lr"] == 0.1
 
 
+def test_cosine_schedule_decays_to_the_floor_at_the_last_step():
+    model = torch.nn.Linear(2, 1)
+    config = OptimConfig(learning_rate=0.1, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
+    optimizer, scheduler = make_optimizer(model, config, total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # Warmup 0.05, 0.1; then 0.01 + 0.09 * (1 + cos(pi * k / 4)) / 2 for k = 1..4 of the 4 decay steps.
+    decay = [0.01 + 0.09 * (1 + math.cos(math.pi * k / 4)) / 2 for k in (1, 2, 3, 4)]
+    assert lrs == pytest.approx([0.05, 0.1, *decay], abs=1e-12)
+    assert lrs[-1] == pytest.approx(0.01, abs=1e-12)
+    with pytest.raises(ValueError, match="needs the run's total number of optimiser steps"):
+        make_optimizer(model, config)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
+        OptimConfig(schedule="linear")
+    with pytest.raises(ValueError, match="min_lr_ratio must be in"):
+        OptimConfig(schedule="cosine", min_lr_ratio=1.5)
+
+
 def test_optimizer_needs_trainable_parameters_and_valid_config():
     model = torch.nn.Linear(2, 1).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
