@@ -19,8 +19,8 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup, then a constant learning rate (the paper's recipe for both SFT and RL) or a
-    cosine decay (the embedded base's pretraining, which reaches its quality in fewer steps with one)."""
+    """AdamW with linear warmup, then a constant learning rate (the paper's recipe for both SFT and RL, and what
+    every shipped config uses) or a cosine decay."""
 
     learning_rate: float = 1e-5
     """Peak (constant) learning rate."""

@@ -7,8 +7,8 @@ from scratch) into a fresh output directory and prints: total wall-clock, peak r
 process tree (sampled every 50 ms), each run's records and training time, the files written and the summary.
 It then times one process's step+render (as scripts/bench_rollout.py) and splits the wall-clock into the
 rollouts (against the simulation bound: the least time the config's env steps can take on this machine) and
-the rest (training, KL, predictors, report). Pass ``--kill-after SECONDS`` to SIGKILL the sweep once and re-run the same command (the resume check): it
-then also prints whether every run's records are present exactly once.
+the rest (training, KL, predictors, report). Pass ``--kill-after SECONDS`` to SIGKILL the sweep once and re-run
+the same command (the resume check): it then also prints whether every run's records are present exactly once.
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ class BenchConfig:
     """Keep all-zero advantages when the policy never succeeds (the update then does nothing)."""
     busy: bool = False
     """Also time SFT beside a busy-loop process (one core taken) and print the slow-down."""
+    prompt_template: str = "simpler-env"
+    """The policy's prompt: "simpler-env" (the bare instruction, as configs/quickstart.yaml) or "openvla"."""
     pretrain_recipe: bool = False
     """Also time SFT with the embedded base's pretraining recipe (configs/quickstart.yaml: batch 64, lr 1e-3,
     soft bin targets sigma 1.5, 4 px shifts) and print its samples/s as a ratio of plain SFT's."""
@@ -74,11 +76,11 @@ def parse_args() -> BenchConfig:
     return cfg
 
 
-def tiny_policy(action_dim: int = 4):
+def tiny_policy(cfg: BenchConfig, action_dim: int = 4):
     from razor_robot.policies import load_policy
 
     torch.manual_seed(0)
-    policy = load_policy("tiny", action_dim=action_dim)
+    policy = load_policy("tiny", action_dim=action_dim, prompt_template=cfg.prompt_template)
     # Identity statistics with the gripper (last dim) un-normalised, as the embedded base uses.
     policy.set_norm_stats("bench", {"action": {"q01": [-1.0] * action_dim, "q99": [1.0] * action_dim,
                                                "mask": [True] * (action_dim - 1) + [False]}})
@@ -113,7 +115,7 @@ def bench_sft(cfg: BenchConfig, recipe: bool = False) -> float:
     from razor_robot.sft import SFTConfig, train_sft
     from razor_robot.training import OptimConfig
 
-    policy = tiny_policy()
+    policy = tiny_policy(cfg)
     batch = 64 if recipe else cfg.sft_batch
     # Enough samples for every timed step: train_sft stops after one epoch whatever max_steps says.
     warmup, n = 3, batch * (cfg.sft_steps + 3)
@@ -143,7 +145,7 @@ def bench_rl_update(cfg: BenchConfig) -> None:
     from razor_robot.reinforce import RLConfig, StepBatch, minibatch_loss
     from razor_robot.training import OptimConfig, make_optimizer
 
-    policy = tiny_policy()
+    policy = tiny_policy(cfg)
     rng = np.random.default_rng(0)
     n = cfg.rl_batch
     advantages = np.where(np.arange(n) % 2 == 0, rng.normal(size=n), 0.0)  # half the steps carry no signal
@@ -180,7 +182,7 @@ def bench_rl_iteration(cfg: BenchConfig) -> None:
 
     side = int(round(np.sqrt(cfg.points)))
     positions = grid_positions(side)
-    policy = tiny_policy()
+    policy = tiny_policy(cfg)
     timings: dict[str, float] = {}
     notes: list[str] = []
     real_advantages = reinforce.group_advantages
