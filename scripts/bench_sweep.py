@@ -67,6 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.config).is_file():
         parser.error(f"config file not found: {args.config}")
+    if args.raw_steps < 1:
+        parser.error(f"--raw-steps must be >= 1, got {args.raw_steps}")
     if args.kill_after is not None and not args.kill_after > 0:
         parser.error(f"--kill-after must be > 0 seconds, got {args.kill_after}")
 
@@ -117,14 +119,12 @@ def _image_size(config_path: str) -> int | None:
 
 def _time_split(total: float, env_steps: int, rollout_seconds: float, image_size: int, raw_steps: int) -> str:
     """Where the wall-clock went: rollouts against the simulation bound measured now, and everything else."""
-    from types import SimpleNamespace
-
-    from bench_rollout import raw_rate
+    from bench_rollout import BenchConfig, raw_rate
 
     from razor_robot.env_pool import usable_cpus
 
     cpus = usable_cpus()
-    rate = raw_rate(SimpleNamespace(image_size=image_size, raw_steps=raw_steps, seed=0))
+    rate = raw_rate(BenchConfig(image_size=image_size, raw_steps=raw_steps))
     floor = env_steps / (cpus * rate)
     return (f"time split: rollouts {rollout_seconds:.0f} s for {env_steps} env steps "
             f"({env_steps / rollout_seconds:.0f} env-steps/s, {env_steps / rollout_seconds / (cpus * rate):.2f} of "

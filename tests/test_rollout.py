@@ -49,6 +49,15 @@ def assert_same_trajectories(got, expected):
             np.testing.assert_array_equal(a.extras[key], b.extras[key], err_msg=key)
 
 
+def lockstep_reference(requests):
+    """The lockstep engine's trajectories (2 AsyncVectorEnv workers) for NoisyPolicy on pick-can requests."""
+    vector_env = make_vector_env(functools.partial(make_reach_env, "pick-can"), 2)
+    try:
+        return lockstep_rollout(vector_env, requests, NoisyPolicy())
+    finally:
+        vector_env.close()
+
+
 @pytest.mark.parametrize("workers, per_worker", [(1, 1), (2, 2), (2, 3)])
 def test_pool_records_each_episode_in_request_order(workers, per_worker):
     # Can 0.5 to the right: after 5 steps of +0.1 the point is at 0.5 -> success at the final step only.
@@ -94,11 +103,7 @@ def test_one_pool_serves_every_task_in_one_rollout_and_restarts_after_release():
 @pytest.mark.parametrize("workers, per_worker", [(1, 3), (2, 4)])
 def test_pool_equals_the_lockstep_engine_array_for_array(workers, per_worker):
     requests = [EpisodeRequest("pick-can", seed=100 + s, object_xy=(0.05 * s - 0.3, 0.1)) for s in range(9)]
-    vector_env = make_vector_env(functools.partial(make_reach_env, "pick-can"), 2)
-    try:
-        expected = lockstep_rollout(vector_env, requests, NoisyPolicy())
-    finally:
-        vector_env.close()
+    expected = lockstep_reference(requests)
     with EnvPool(num_workers=workers, envs_per_worker=per_worker, env_factory=make_reach_env) as pool:
         got = pool.rollout(requests, NoisyPolicy(), progress=False)
     assert_same_trajectories(got, expected)
@@ -110,11 +115,7 @@ def test_the_last_wave_is_split_so_policy_and_simulation_still_overlap():
     # Once the other half has run dry, the engine splits the busy half in two, so the policy acts on 2 envs at
     # a time while the workers step the other 2; the episodes are the lockstep engine's.
     requests = [EpisodeRequest("pick-can", seed=200 + s, object_xy=(0.05 * s - 0.3, 0.1)) for s in range(12)]
-    vector_env = make_vector_env(functools.partial(make_reach_env, "pick-can"), 2)
-    try:
-        expected = lockstep_rollout(vector_env, requests, NoisyPolicy())
-    finally:
-        vector_env.close()
+    expected = lockstep_reference(requests)
     policy, batches = NoisyPolicy(), []
 
     def recording(images, states, instructions, slots):
@@ -128,6 +129,18 @@ def test_the_last_wave_is_split_so_policy_and_simulation_still_overlap():
     # Wave 1 alternates between the halves (each spans both workers); wave 2 starts on half 0 while half 1's
     # last step is still in flight, then half 0 is split into one slot per worker per part.
     assert batches == [[0, 1, 4, 5], [2, 3, 6, 7]] * 5 + [[0, 1, 4, 5]] * 2 + [[0, 1], [4, 5]] * 3
+
+
+def test_rollout_totals_count_every_episode_and_env_step_of_the_process():
+    from razor_robot.env_pool import ROLLOUT_TOTALS
+
+    before = (ROLLOUT_TOTALS.episodes, ROLLOUT_TOTALS.env_steps, ROLLOUT_TOTALS.seconds)
+    with EnvPool(num_workers=1, envs_per_worker=2, env_factory=make_reach_env) as pool:
+        pool.rollout(requests_for(3), move_right, progress=False)  # 3 episodes of the fake env's 5 steps
+    assert (ROLLOUT_TOTALS.episodes - before[0], ROLLOUT_TOTALS.env_steps - before[1]) == (3, 15)
+    assert ROLLOUT_TOTALS.seconds > before[2]
+    assert ROLLOUT_TOTALS.line().startswith(f"rollouts: {ROLLOUT_TOTALS.episodes} episodes, "
+                                            f"{ROLLOUT_TOTALS.env_steps} env steps in ")
 
 
 class CountingDemonstrator:
