@@ -26,6 +26,8 @@ _LAZY = {
     "VLAPolicy": ".modeling_vla",
     "VLAProcessor": ".processing_vla",
     "load_policy": ".loading",
+    "resolve_builtin": ".builtin",
+    "read_card": ".builtin",
     "save_policy": ".loading",
     "make_demonstrator": ".demonstrators",
     "OpenVLAGoogleRobotAdapter": ".adapters",

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .builtin import is_builtin, resolve_builtin
 from .configuration_vla import (
     NAMED_CONFIGS,
     LLMConfig,
@@ -46,7 +47,8 @@ def load_policy(
     dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> VLAPolicy:
-    """ "tiny" / "openvla-7b" (random init; device="meta" builds without memory), or a checkpoint dir.
+    """ "tiny" / "openvla-7b" (random init; device="meta" builds without memory), a checkpoint dir, or a shipped
+    base "builtin:<name>" (its files checked against its card first, see razor_robot.policies.builtin).
 
     dtype None = bfloat16 on CUDA, float32 elsewhere. Named-config overrides are VLAConfig fields, plus for
     "tiny": `fused` (two towers), `words` (extra tokenizer words, e.g. task instructions) and `seed` (init).
@@ -56,7 +58,7 @@ def load_policy(
     name = str(name_or_path)
     if name in NAMED_CONFIGS:
         return _build_named(name, device, dtype, overrides)
-    path = Path(name_or_path)
+    path = resolve_builtin(name) if is_builtin(name) else Path(name_or_path)
     if not path.exists():
         raise ValueError(
             f"no policy named {name!r} (known: {sorted(NAMED_CONFIGS)}) and no checkpoint at {path}"

@@ -7,6 +7,7 @@ RAZOR_ROBOT_DEBUG=1 for the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -61,6 +62,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     config = _load_config(args.config, overrides)
     out = Path(args.out or Path("runs") / config.name)
     results = run_sweep(config, out, progress=not args.no_progress)
+    bases = config.bases()
+    if len(bases) > 1:  # each base's own report (videos of the first base only), then the pooled one
+        for index, (label, single) in enumerate(bases):
+            report = dataclasses.replace(single.report, videos=single.report.videos and index == 0)
+            write_report(dataclasses.replace(single, report=report), out / label / "results.jsonl", out / label, progress=not args.no_progress,
+                         log=lambda text: None)
     write_report(config, results, out, progress=not args.no_progress)
     print(ROLLOUT_TOTALS.line())
 
@@ -82,15 +89,29 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from razor_robot.stages.base import base_checkpoint, base_evaluation
+    """Build every base of the config from its recipe (a shipped base named by base.checkpoint is rebuilt,
+    not loaded), evaluate it, and with --ship copy it into the package's shipped bases with its card."""
+    from razor_robot.stages.base import base_checkpoint, base_evaluation, ship_base
 
     config = _load_config(args.config, args.set)
-    out = Path(args.out or Path("runs") / config.name)
-    with config.env_pool() as pool:
-        base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
-        scores = base_evaluation(config, base_dir, out, pool, progress=not args.no_progress).scores()
-    summary = {k: v for k, v in scores.items() if k not in ("per_position", "episodes")}
-    print(json.dumps({"base_checkpoint": str(base_dir), **summary}, indent=2))
+    if args.ship is not None and not args.ship.strip():
+        raise ValueError("--ship needs a name, e.g. --ship tiny-metaworld-s{seed}")
+    bases = config.bases()
+    if args.ship and len(bases) > 1 and "{seed}" not in args.ship:
+        raise ValueError(f"--ship {args.ship!r} names one base for {len(bases)} seeds: put {{seed}} in it")
+    out_root = Path(args.out or Path("runs") / config.name)
+    for label, single in bases:
+        out = out_root / label if label else out_root
+        with single.env_pool() as pool:  # from the recipe (or its cache), never the named checkpoint
+            base_dir = base_checkpoint(single, pool, progress=not args.no_progress, rebuild=True)
+            scores = base_evaluation(single, base_dir, out, pool, progress=not args.no_progress).scores()
+        summary = {k: v for k, v in scores.items() if k not in ("per_position", "episodes")}
+        shipped = {}
+        if args.ship:
+            seed = label[len("base-s"):] if label else ""
+            shipped = {"shipped": str(ship_base(single, base_dir, scores, args.ship.replace("{seed}", seed)))}
+        print(json.dumps({"base": label or "base", "base_checkpoint": str(base_dir), **shipped, **summary},
+                         indent=2))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -123,8 +144,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from razor_robot.evaluation import evaluate_policy, forgetting_fields
     from razor_robot.stages.base import base_checkpoint, base_evaluation
     from razor_robot.stages.evaluate import FixedSets, checkpoint_measurements
@@ -239,9 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value by dotted key, e.g. --set sft.config.optim.learning_rate=1e-4")
     p.add_argument("--out", help="output directory (default runs/<config name>-<method>)")
 
-    p = add("pretrain", "Build (or reuse from cache) the base policy and report its new- and prior-task "
-            "success.", cmd_pretrain)
+    p = add("pretrain", "Build (or reuse from cache) the base policy from its recipe (base.pretrain), also when "
+            "base.checkpoint names a shipped base, and report its new- and prior-task success.", cmd_pretrain)
     p.add_argument("--out", help="where the base evaluation is cached (default runs/<config name>)")
+    p.add_argument("--ship", metavar="NAME", help="rebuild from the recipe and ship the base(s) with the package as "
+                   "builtin:NAME ({seed} in NAME for base.seeds), with a card")
 
     p = add("collect", "Collect K successful demonstrations per training-grid point into a Parquet dataset.",
             cmd_collect)

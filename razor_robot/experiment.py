@@ -32,6 +32,9 @@ from razor_robot.sft import SFTConfig
 METHODS = ("sft", "rl", "oracle-sft", "distill-sft")
 """Fine-tuning methods, in the order a sweep runs them (distill-sft needs the RL runs' checkpoints)."""
 EMBEDDED_UNNORM_KEY = "metaworld_demos"
+BASE_SEED_STRIDE = 1_000_000
+"""Base s of a multi-base sweep draws its pretraining episodes' seeds from pretrain.seed + s * this (disjoint:
+one collection uses fewer than 100,000 seeds per task)."""
 
 
 @dataclass
@@ -119,9 +122,33 @@ class BaseSpec:
     """The base policy π0: an existing checkpoint (paper path) or one pretrained here (embedded default)."""
 
     checkpoint: str | None = None
-    """Checkpoint directory of the base; None = pretrain one with ``pretrain``."""
+    """Checkpoint directory of the base, or a base shipped with the package, "builtin:<name>"
+    (razor_robot.policies.builtin); None = pretrain one with ``pretrain``. With ``seeds``, "{seed}" in it is
+    replaced by each base's seed."""
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
-    """Pretraining recipe when ``checkpoint`` is None."""
+    """Pretraining recipe when ``checkpoint`` is None (and what ``razor-robot pretrain`` rebuilds a shipped base
+    from)."""
+    seeds: list[int] | None = None
+    """Several bases in one sweep, one per seed: every run fine-tunes each base, records name their base, and
+    the report gives per-base and pooled results. Base s is pretrained with its demonstrations' seeds shifted
+    by s * BASE_SEED_STRIDE and s as its training and initialisation seed (or is ``checkpoint`` with {seed}
+    = s). None = one base, exactly as ``checkpoint``/``pretrain`` say."""
+
+    def __post_init__(self):
+        if self.seeds is not None:
+            if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+                raise ValueError(f"base.seeds must list distinct seeds >= 0, got {self.seeds}")
+            if self.checkpoint and "{seed}" not in self.checkpoint and len(self.seeds) > 1:
+                raise ValueError(f"base.checkpoint {self.checkpoint!r} names one base for {len(self.seeds)} "
+                                 "seeds: put {seed} in it (e.g. builtin:tiny-metaworld-s{seed})")
+
+    def for_seed(self, seed: int) -> "BaseSpec":
+        """The single-base spec of base ``seed`` (see ``seeds``)."""
+        # Seed 0 leaves the recipe as written, so base-s0 is the single base of the same config (one cache).
+        sft = {**self.pretrain.sft, "seed": seed} if seed else dict(self.pretrain.sft)
+        pretrain = dataclasses.replace(self.pretrain, seed=self.pretrain.seed + BASE_SEED_STRIDE * seed, sft=sft)
+        checkpoint = self.checkpoint.replace("{seed}", str(seed)) if self.checkpoint else None
+        return BaseSpec(checkpoint=checkpoint, pretrain=pretrain, seeds=None)
 
 
 @dataclass
@@ -341,6 +368,14 @@ class SweepConfig:
     def cache_root(self) -> Path:
         root = self.cache_dir or os.environ.get("RAZOR_ROBOT_CACHE") or Path.home() / ".cache" / "razor-robot"
         return Path(root)
+
+    def bases(self) -> list[tuple[str, "SweepConfig"]]:
+        """(label, single-base config) of every base of the sweep: [("", self)] for one base, else
+        ("base-s<seed>", the config of that base) per ``base.seeds`` entry."""
+        if self.base.seeds is None:
+            return [("", self)]
+        return [(f"base-s{seed}", dataclasses.replace(self, base=self.base.for_seed(seed)))
+                for seed in self.base.seeds]
 
     def positions(self) -> tuple[np.ndarray, np.ndarray]:
         """(training grid (n², 2), eval positions (P, 2)) for this backend and range."""

@@ -276,6 +276,7 @@ def train_reinforce(
                                                   len(rewards)], dtype=torch.float64, device=accelerator.device))
         counts = counts.reshape(world, 4).cpu().numpy()  # per process: steps, successes, active episodes, episodes
         stats = {"rl/success": float(counts[:, 1].sum() / counts[:, 3].sum()),
+                 "rl/successes": int(counts[:, 1].sum()), "rl/episodes": int(counts[:, 3].sum()),
                  "rl/active_fraction": float(counts[:, 2].sum() / counts[:, 3].sum()),
                  "rl/zero_advantage_groups": _zero_advantage_groups(rewards, np.asarray(groups))}
         # Its own stream: switching the diagnostics on or off leaves the episodes and updates unchanged.

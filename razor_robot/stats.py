@@ -7,6 +7,8 @@ Conventions:
   (numpy's default linear interpolation). Fixed seed -> identical interval on every call.
 - Paired bootstraps (the verdict, R² differences) draw one set of resampling weights and apply it to every
   series that shares the units: `resample_counts` gives those weights as multinomial counts.
+- Several bases: `hierarchical_bootstrap` resamples the bases, then each drawn base's own (paired-episode)
+  replicates: the interval covers base-to-base variation as well as episode noise.
 
 This module needs numpy; `wilson_interval` needs scipy (the `learn` extra). It never imports torch.
 
@@ -16,6 +18,7 @@ Public API:
     bootstrap_ci(values, statistic=np.mean, n_resamples, seed) -> (lo, hi)
     resample_counts(n, n_resamples, rng)                       -> (R, n) counts: bootstrap weights
     percentile_interval(replicates, confidence=0.95)           -> (lo, hi), NaN replicates ignored
+    hierarchical_bootstrap(within, n_resamples, rng)           -> (R,) two-stage replicates: units, then within
     interval_sign(lo, hi)                                      -> +1 / -1 / 0: the CI excludes 0 above / below
     episodes_to_resolve(n, estimate, lo, hi)                   -> episodes that would make the CI exclude 0
     max_drawdown(values)                                       -> largest fall below the running best
@@ -124,6 +127,37 @@ def bootstrap_ci(
     if replicates.shape != (n_resamples,):
         replicates = np.array([statistic(row) for row in samples], dtype=float)
     return percentile_interval(replicates, confidence)
+
+
+def hierarchical_means(within: np.ndarray, unit_draws: np.ndarray, replicate_draws: np.ndarray) -> np.ndarray:
+    """(R,) means over each resample's drawn units of a within-unit replicate: row r averages
+    within[unit_draws[r, j], replicate_draws[r, j]] over j.
+
+    within: (U, R_in) each unit's (base's) own bootstrap replicates of its statistic; unit_draws, replicate_draws:
+    (R, U) indices, the units drawn with replacement and, for each draw, which of its replicates it contributes.
+    """
+    within = np.asarray(within, dtype=float)
+    return within[unit_draws, replicate_draws].mean(axis=1)  # (R, U) -> (R,)
+
+
+def hierarchical_bootstrap(within: Any, n_resamples: int = DEFAULT_RESAMPLES,
+                           rng: np.random.Generator | None = None) -> np.ndarray:
+    """Two-stage bootstrap replicates of the mean over units (the bases of a multi-base sweep), (R,).
+
+    Stage 1 draws U units with replacement (base-to-base variation); stage 2 gives every drawn unit one of its
+    own within-unit replicates (e.g. its paired-episode bootstrap), drawn independently per draw, so a unit
+    drawn twice contributes two within-unit resamples. ``within`` is (U, R_in); NaN replicates propagate.
+    With one unit this is that unit's within-unit replicates resampled; with no within-unit noise it is the
+    ordinary bootstrap of the units' values.
+    """
+    values = np.asarray(within, dtype=float)
+    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
+        raise ValueError(f"within must be (units >= 1, replicates >= 1), got shape {values.shape}")
+    rng = rng or np.random.default_rng(0)
+    units, inner = values.shape
+    unit_draws = rng.integers(0, units, size=(n_resamples, units))  # (R, U)
+    replicate_draws = rng.integers(0, inner, size=(n_resamples, units))  # (R, U)
+    return hierarchical_means(values, unit_draws, replicate_draws)
 
 
 def interval_sign(lo: float, hi: float) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from razor_robot.bases import by_base, pooled_verdict_lines, rereferenced
 from razor_robot.frontier import (
     _align,
     _check_records,
@@ -98,7 +99,7 @@ def _checkpoint_rows(records: Sequence[Record], reference: float | None) -> str:
 
 
 def summary_table(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                  confidence: float = 0.95) -> str:
+                  confidence: float = 0.95, headline: Sequence[str] | None = None) -> str:
     """The verdict lines, forward KL's R² against the alternatives, then the per-method table and every
     checkpoint's scores with their intervals.
 
@@ -107,6 +108,7 @@ def summary_table(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAM
     matched new-task score is `matched_new_task`; a method's prior score there is its staircase frontier
     value (best prior among its runs with new_task >= target). R² is "n/a" without a base record or with
     fewer than 3 distinct distances. Success rates show "[95% CI] n=episodes" when the records carry them.
+    ``headline`` replaces the verdict lines (a multi-base sweep's pooled verdicts, razor_robot.bases).
     """
     checked = _check_records(records)
     kwargs = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
@@ -128,7 +130,7 @@ def summary_table(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAM
             _fmt(distance(match) if match else None, 3),
             *[_fmt(_r2_or_nan(group, key, reference), 3) for key in DISTANCE_KEYS],
         ])
-    lines = verdict_lines(checked, **kwargs)
+    lines = list(headline) if headline is not None else verdict_lines(checked, **kwargs)
     lines.append(forward_kl_line(checked, **kwargs) if has_base else "forward KL fit: n/a (no base record)")
     lines += ["", _align(rows)]
     if reference is not None:
@@ -321,17 +323,19 @@ def plot_kl_forgetting(records: Iterable[Record], path: str | os.PathLike, *,
 # Report
 # --------------------------------------------------------------------------------------------------------
 def frontier_outputs(records: Iterable[Record], out_dir: str | os.PathLike, *, tolerance: float = 2.0,
-                     n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, band_resamples: int = 100) -> str:
+                     n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, band_resamples: int = 100,
+                     headline: Sequence[str] | None = None) -> str:
     """Write out_dir/frontier.png, kl_forgetting.png and table1.csv; return the summary and Table 1 text.
 
-    The text opens with the "verdict:" line (summary_table). kl_forgetting.png and table1.csv are skipped,
-    with a note in the text, when there is no base record or no distance.
+    The text opens with the "verdict:" line (summary_table), or with ``headline`` when given.
+    kl_forgetting.png and table1.csv are skipped, with a note in the text, when there is no base record or
+    no distance.
     """
     checked = _check_records(records)
     if not checked:
         raise ValueError("no records")
     out_dir = Path(out_dir)
-    text = summary_table(checked, n_resamples=n_resamples, seed=seed)
+    text = summary_table(checked, n_resamples=n_resamples, seed=seed, headline=headline)
     plot_frontier(checked, out_dir / "frontier.png", tolerance, title=text.splitlines()[0],
                   band_resamples=band_resamples, seed=seed)
     try:
@@ -352,9 +356,14 @@ def frontier_report(
     results_jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, *, scale: float = 1.0,
     tolerance: float = 2.0, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, band_resamples: int = 100,
 ) -> str:
-    """Read results.jsonl and run `frontier_outputs` (frontier.png, kl_forgetting.png, table1.csv, text)."""
+    """Read results.jsonl and run `frontier_outputs` (frontier.png, kl_forgetting.png, table1.csv, text); with
+    several bases (records naming different ``base_id``), the pooled verdicts head the text (razor_robot.bases)."""
     records = load_records(results_jsonl_path, scale=scale)
     if not records:
         raise ValueError(f"{results_jsonl_path}: no records")
+    headline = None
+    if len(by_base(records)) > 1:  # several bases: pooled verdicts, fits against each checkpoint's own base
+        headline = pooled_verdict_lines(records, n_resamples=n_resamples, seed=seed)
+        records = rereferenced(records)
     return frontier_outputs(records, out_dir, tolerance=tolerance, n_resamples=n_resamples, seed=seed,
-                            band_resamples=band_resamples)
+                            band_resamples=band_resamples, headline=headline)

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 
 from razor_robot.config import load_yaml, to_dict
 from razor_robot.experiment import RunSpec, SweepConfig, expand_runs
-from razor_robot.records import RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records
+from razor_robot.bases import BASE_KEY
+from razor_robot.records import (RESULTS_FILE, append_records, atomic_write_text, completed_records,
+                                 finished_run_ids, read_records)
 from razor_robot.stages.base import base_checkpoint, base_evaluation
 from razor_robot.stages.demos import collect_demos, collect_policy_demos
 from razor_robot.stages.finetune import RunInputs, execute_run
@@ -37,12 +39,18 @@ from razor_robot.stats import rate_summary
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True,
-              log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) the whole sweep; returns the results file."""
+              log: Callable[[str], None] = print, base_label: str = "") -> Path:
+    """Run (or resume) the whole sweep; returns the results file.
+
+    Several bases (``base.seeds``): each base's sweep runs in ``OUT/<base label>/`` as a sweep of its own, then
+    ``OUT/results.jsonl`` gathers every base's records (each names its base in ``base_id``)."""
     from razor_robot.envs import require_backend
     from razor_robot.ray_envs import require_ray
 
     runs = expand_runs(config)  # validates every run's config before any work
+    bases = config.bases()
+    if len(bases) > 1:
+        return _run_bases(bases, Path(out_dir), progress, log)
     require_backend(config.backend)
     if "ray" in (config.engine, config.rollout_engine):
         require_ray()
@@ -65,7 +73,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     if main:  # base, its evaluation and the SFT/oracle data: once, on the main process
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-        inputs = _prepare(config, runs, out, results, progress, log)
+        inputs = _prepare(config, runs, out, results, progress, log, base_label or _base_reference(config))
         done = finished_run_ids(read_records(results))
         log(f"runs: {len(runs)} in the sweep, {sum(r.run_id in done for r in runs)} already done, "
             f"{sum(r.run_id not in done for r in runs)} to run")
@@ -81,8 +89,9 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
 
         return fit_from_records(completed_records(results))
 
+    base_id = base_label or _base_reference(config)
     first = [r for r in runs if r.method != "distill-sft"]
-    _run_all(config, first, inputs, results, progress, accelerator, fit_now)
+    _run_all(config, first, inputs, results, progress, accelerator, fit_now, base_id)
     distill = [r for r in runs if r.method == "distill-sft"]
     if distill:
         if main:
@@ -91,14 +100,39 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
             from razor_robot.distributed import broadcast_object
 
             inputs = broadcast_object(accelerator, inputs)
-        _run_all(config, distill, inputs, results, progress, accelerator, fit_now)
+        _run_all(config, distill, inputs, results, progress, accelerator, fit_now, base_id)
     if main:
         log(f"sweep finished in {time.perf_counter() - start:.0f} s -> {results}")
     return results
 
 
+def _run_bases(bases: list[tuple[str, SweepConfig]], out: Path, progress: bool,
+               log: Callable[[str], None]) -> Path:
+    """Every base's sweep in OUT/<label>/, then OUT/results.jsonl = all their records (rewritten atomically)."""
+    parts = []
+    for label, single in tqdm(bases, desc="bases", disable=not progress):
+        log(f"== {label}: base {_base_reference(single)}")
+        parts.append(run_sweep(single, out / label, progress=progress, log=log, base_label=label))
+    out.mkdir(parents=True, exist_ok=True)
+    text = "".join(Path(part).read_text() for part in parts)
+    atomic_write_text(out / RESULTS_FILE, text)
+    return out / RESULTS_FILE
+
+
+def _base_reference(config: SweepConfig) -> str:
+    """What names a single-base sweep's base: its checkpoint reference, or its pretraining recipe's hash."""
+    from razor_robot.stages.base import recipe_hash
+
+    return config.base.checkpoint or f"pretrained:{recipe_hash(config)}"
+
+
+def _tagged(records: list[dict[str, Any]], base_id: str) -> list[dict[str, Any]]:
+    """Records with the base they belong to (razor_robot.bases.BASE_KEY)."""
+    return [{**record, BASE_KEY: base_id} for record in records]
+
+
 def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path, progress: bool,
-             log: Callable[[str], None]) -> RunInputs:
+             log: Callable[[str], None], base_id: str) -> RunInputs:
     """Stages 1-2: base policy, its evaluation and record, the SFT and oracle-sft datasets."""
     start = time.perf_counter()
     methods = {r.method for r in runs}
@@ -107,10 +141,10 @@ def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path,
         base = base_evaluation(config, base_dir, out, pool, progress=progress)
         scores = base.scores()
         if not any(r.get("method") == "base" for r in read_records(results)):
-            append_records(results, [{"run_id": "base", "method": "base", "step": 0, "fraction": 0.0,
-                                      "hparams": {}, **scores, "kl": 0.0, "kl/forward": 0.0,
-                                      "kl/reverse": 0.0, "kl/tv": 0.0, "kl/l2": 0.0,
-                                      "checkpoint": str(base_dir)}])
+            append_records(results, _tagged([{"run_id": "base", "method": "base", "step": 0, "fraction": 0.0,
+                                              "hparams": {}, **scores, "kl": 0.0, "kl/forward": 0.0,
+                                              "kl/reverse": 0.0, "kl/tv": 0.0, "kl/l2": 0.0,
+                                              "checkpoint": str(base_dir)}], base_id))
         log(f"base: new task {_rate(scores, 'new_task')}, prior {_rate(scores, 'prior_task')} "
             f"({time.perf_counter() - start:.0f} s); evaluation: {config.eval.plan()[2]}")
         datasets: dict[str, str] = {}
@@ -153,7 +187,7 @@ def _distill_data(config: SweepConfig, inputs: RunInputs, out: Path, results: Pa
 
 
 def _run_all(config: SweepConfig, runs: list[RunSpec], inputs: RunInputs | None, results: Path, progress: bool,
-             accelerator: Any, fit_now: Callable[[], Any]) -> None:
+             accelerator: Any, fit_now: Callable[[], Any], base_id: str) -> None:
     """Stage 3/5: every run not yet in the results file; records appended as each run finishes."""
     main = accelerator is None or accelerator.is_main_process
     done = finished_run_ids(read_records(results)) if main else set()
@@ -163,13 +197,13 @@ def _run_all(config: SweepConfig, runs: list[RunSpec], inputs: RunInputs | None,
         done = broadcast_object(accelerator, done)
     pending = [r for r in runs if r.run_id not in done]
     if config.engine == "ray":
-        _run_on_ray(config, pending, dataclasses.replace(inputs, meter_fit=fit_now()), results, progress)
+        _run_on_ray(config, pending, dataclasses.replace(inputs, meter_fit=fit_now()), results, progress, base_id)
         return
     for run in tqdm(pending, desc="runs", disable=not progress):
         run_inputs = dataclasses.replace(inputs, meter_fit=fit_now())
         records = _run_or_failure(config, run, run_inputs, progress=progress, accelerator=accelerator)
         if main:
-            append_records(results, records)
+            append_records(results, _tagged(records, base_id))
 
 
 def _run_or_failure(config: SweepConfig, run: RunSpec, inputs: RunInputs, **kwargs: Any) -> list[dict[str, Any]]:
@@ -200,7 +234,7 @@ def _demo_line(dataset: Any) -> str:
 
 
 def _run_on_ray(config: SweepConfig, pending: list[RunSpec], inputs: RunInputs, results: Path,
-                progress: bool) -> None:
+                progress: bool, base_id: str) -> None:
     """Each run is a Ray task with declared CPU/GPU resources; records are appended as runs finish."""
     from razor_robot.ray_envs import require_ray
 
@@ -215,7 +249,7 @@ def _run_on_ray(config: SweepConfig, pending: list[RunSpec], inputs: RunInputs, 
         ready, _ = ray.wait(list(futures), num_returns=1)
         for ref in ready:
             futures.pop(ref)
-            append_records(results, ray.get(ref))
+            append_records(results, _tagged(ray.get(ref), base_id))
             bar.update(1)
     bar.close()
 

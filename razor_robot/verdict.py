@@ -318,6 +318,21 @@ def compare_methods(
     the verdict is "a"/"b" when it excludes 0, else "unresolved", and then `episodes_needed` scales the
     CI side facing 0 as 1/sqrt(episodes) (approximate: the max over checkpoints does not shrink exactly).
     """
+    return gap_replicates(records, method_a, method_b, n_resamples=n_resamples, seed=seed,
+                          confidence=confidence)[0]
+
+
+def gap_replicates(
+    records: Iterable[Record],
+    method_a: str = "rl",
+    method_b: str = "sft",
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[Verdict, np.ndarray | None]:
+    """`compare_methods`' verdict and its (R,) bootstrap replicates of the gap (None when there is no CI):
+    the within-base stage of a multi-base sweep's hierarchical bootstrap (razor_robot.bases)."""
     checked = _check_records(records)
     base = [r for r in checked if r["method"] == BASE_METHOD]
     group_a = [r for r in checked if r["method"] == method_a]
@@ -327,7 +342,7 @@ def compare_methods(
     if not group_a or not group_b:
         found = ", ".join(repr(m) for m in _methods(checked)) or "none"
         return Verdict(method_a, method_b, math.nan, resampling=f"needs records of both {method_a!r} and "
-                       f"{method_b!r} (methods found: {found})", **empty)
+                       f"{method_b!r} (methods found: {found})", **empty), None
 
     def scores(rs: Sequence[Record], key: str) -> np.ndarray:
         return np.array([r[key] for r in rs], dtype=float)
@@ -341,21 +356,26 @@ def compare_methods(
         reps = resample_scores(base + group_a + group_b, n_resamples, seed)
     except ValueError as error:
         return Verdict(method_a, method_b, gap, (lo, hi), None, "unresolved", episodes, None, str(error),
-                       0, confidence)
+                       0, confidence), None
     nb, na = len(base), len(group_a)
-    gaps = np.empty(n_resamples)
+    gaps = np.empty(n_resamples)  # (R,)
     for r in range(n_resamples):
         new, prior = reps.new_task[r], reps.prior_task[r]  # (N,), (N,): base, then a, then b
         gaps[r] = matched_gap((new[nb:nb + na], prior[nb:nb + na]), (new[nb + na:], prior[nb + na:]),
                               _x_lo(new[:nb], new[nb:]))[0]
     ci = percentile_interval(gaps, confidence)
-    sign = interval_sign(*ci)
-    outcome: Literal["a", "b", "unresolved"] = "a" if sign > 0 else "b" if sign < 0 else "unresolved"
+    outcome = outcome_of(ci)
     needed = None
     if outcome == "unresolved" and episodes:
         needed = episodes_to_resolve(sum(lo_n for lo_n, _ in episodes.values()), gap, *ci)
     return Verdict(method_a, method_b, gap, (lo, hi), ci, outcome, episodes, needed, reps.resampling,
-                   n_resamples, confidence)
+                   n_resamples, confidence), gaps
+
+
+def outcome_of(ci: tuple[float, float]) -> Literal["a", "b", "unresolved"]:
+    """"a" when the gap's interval lies above 0 (method a forgets less), "b" below 0, else "unresolved"."""
+    sign = interval_sign(*ci)
+    return "a" if sign > 0 else "b" if sign < 0 else "unresolved"
 
 
 def _episode_ranges(records: Sequence[Record]) -> dict[str, tuple[int, int]]:

@@ -649,3 +649,77 @@ def test_plots_and_report_with_intervals(tmp_path):
     assert (out / "table1.csv").read_text().splitlines()[1].split(",")[0] in t1.predictor_keys(records)
     for name in ("frontier.png", "kl_forgetting.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------------------
+# Several bases (razor_robot.bases): per-base verdicts, their hierarchical-bootstrap mean, agreement
+# --------------------------------------------------------------------------------------------------------
+def _on_base(records, base_id):
+    return [dict(r, base_id=base_id) for r in records]
+
+
+def _swapped(records):
+    """The same checkpoints with the RL and SFT labels exchanged: the retention gap changes sign."""
+    names = {"rl": "sft", "sft": "rl"}
+    return [dict(r, method=names.get(r["method"], r["method"])) for r in records]
+
+
+def test_pooled_verdict_two_agreeing_bases():
+    from razor_robot import bases
+
+    records = _on_base(_sweep(RL_FAR, scale=4), "base-s0") + _on_base(_sweep(RL_FAR, scale=4), "base-s1")
+    pooled = bases.pooled_verdict(records, n_resamples=400)
+    assert list(pooled.per_base) == ["base-s0", "base-s1"] and pooled.skipped == {}
+    assert pooled.gap == pytest.approx(22.0, abs=1e-9) and pooled.outcome == "a" and pooled.agree
+    # each base's verdict is the single-base verdict of its own records (seeded seed + its index)
+    alone = vd.compare_methods(_sweep(RL_FAR, scale=4), n_resamples=400, seed=1)
+    assert pooled.per_base["base-s1"].ci95 == alone.ci95
+    line = pooled.line()
+    assert line.startswith("pooled verdict (2 bases): RL forgets less: mean retention gap RL - SFT = +22.0 points, "
+                           "95% CI [+")
+    assert "hierarchical bootstrap: bases, then paired episodes; 400 resamples" in line
+    assert line.endswith("per base: base-s0 +22.0 (RL forgets less); base-s1 +22.0 (RL forgets less); "
+                         "the bases agree")
+
+
+def test_pooled_verdict_disagreeing_bases_is_unresolved():
+    from razor_robot import bases
+
+    records = (_on_base(_sweep(RL_FAR, scale=4), "a") + _on_base(_swapped(_sweep(RL_FAR, scale=4)), "b"))
+    pooled = bases.pooled_verdict(records, n_resamples=400)
+    assert pooled.per_base["a"].outcome == "a" and pooled.per_base["b"].outcome == "b"
+    assert pooled.gap == pytest.approx(0.0, abs=1e-9) and not pooled.agree
+    # base-to-base variation dominates: half the resamples draw one base twice, so the interval spans both
+    assert pooled.ci95[0] < -15 and pooled.ci95[1] > 15 and pooled.outcome == "unresolved"
+    assert pooled.line().endswith("the bases disagree")
+    # a base without RL records is left out of the mean, with the reason
+    no_rl = [r for r in _on_base(_sweep(RL_FAR), "c") if r["method"] != "rl"]
+    pooled = bases.pooled_verdict(_on_base(_sweep(RL_FAR, scale=4), "a") + no_rl, n_resamples=50)
+    assert list(pooled.per_base) == ["a"] and "needs records of both 'rl' and 'sft'" in pooled.skipped["c"]
+
+
+def test_rereferenced_keeps_each_checkpoints_forgetting_against_its_own_base():
+    from razor_robot import bases
+
+    low = _on_base(_sweep(RL_FAR), "low")
+    high = _on_base(_sweep(RL_NEAR), "high")
+    for r in high:  # this base and its checkpoints keep 10 points more of the drawers
+        r["prior_task"] += 10.0
+    shifted = bases.rereferenced(low + high)
+    common = fr.base_prior(shifted)  # the mean of the two bases' prior-task scores
+    assert common == pytest.approx((low[0]["prior_task"] + high[0]["prior_task"]) / 2, abs=1e-12)
+    for original, moved in zip(low + high, shifted):
+        own_base = (low if original in low else high)[0]["prior_task"]
+        assert common - moved["prior_task"] == pytest.approx(own_base - original["prior_task"], abs=1e-12)
+    assert bases.rereferenced(low) == low  # one base: unchanged
+    with pytest.raises(ValueError, match="base 'x' has no 'base' record"):
+        bases.rereferenced(low + [dict(r, base_id="x") for r in high if r["method"] != "base"])
+
+
+def test_frontier_report_of_several_bases_opens_with_the_pooled_verdict(tmp_path):
+    records = _on_base(_sweep(RL_FAR, scale=4), "base-s0") + _on_base(_sweep(RL_NEAR, scale=4), "base-s1")
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = rs.frontier_report(path, tmp_path, n_resamples=100, band_resamples=10)
+    assert text.startswith("pooled verdict (2 bases): ") and "per base: base-s0 +22.0 (RL forgets less)" in text
+    assert (tmp_path / "frontier.png").is_file() and (tmp_path / "table1.csv").is_file()

@@ -244,6 +244,7 @@ def test_train_reinforce_on_the_fake_env_is_deterministic():
     for _, stats in logs:
         assert {"rl/success", "rl/active_fraction", "rl/pg_loss", "train/loss"} <= set(stats)
         assert 0.0 <= stats["rl/success"] <= 1.0 and math.isfinite(stats["train/loss"])
+        assert stats["rl/success"] == stats["rl/successes"] / stats["rl/episodes"]  # the rate with its count
     # 2 points x 4 episodes x horizon 5 = 40 steps per iteration -> 3 minibatches of 16 per iteration.
     assert summary["train/optimizer_steps"] == 6
     assert summary["rl/first_rollout_success"] == logs[0][1]["rl/success"]

@@ -168,3 +168,38 @@ def test_drawdown_null_probability_exact():
         stats.drawdown_null_probability([5, 3], 4)
     # Every iteration failed (pooled p = 0) or succeeded: no fall, probability 1.
     assert stats.drawdown_null_probability([0, 0, 0], 5) == 1.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hierarchical bootstrap (several bases): bases with replacement, then each drawn base's own replicates
+# --------------------------------------------------------------------------------------------------------
+def test_hierarchical_means_hand_case():
+    # Two bases with two within-base replicates each: base 0 {0, 2}, base 1 {10, 12}.
+    within = np.array([[0.0, 2.0], [10.0, 12.0]])
+    unit_draws = np.array([[0, 1], [0, 0], [1, 1], [1, 0]])  # (R=4, U=2): which bases each resample drew
+    replicate_draws = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])  # and which of their replicates
+    # rows: (2 + 10)/2, (0 + 2)/2, (12 + 12)/2, (10 + 0)/2
+    assert stats.hierarchical_means(within, unit_draws, replicate_draws).tolist() == [6.0, 1.0, 12.0, 5.0]
+
+
+def test_hierarchical_bootstrap_two_constant_bases():
+    # No within-base noise, bases at 1 and 3: each resample's mean is 1, 2 or 3 with probabilities 1/4, 1/2,
+    # 1/4 (two draws with replacement), so the 95% interval is exactly [1, 3] and the mean near 2.
+    within = np.array([[1.0] * 50, [3.0] * 50])
+    reps = stats.hierarchical_bootstrap(within, 4000, np.random.default_rng(0))
+    assert set(np.unique(reps).tolist()) == {1.0, 2.0, 3.0}
+    assert stats.percentile_interval(reps) == (1.0, 3.0)
+    assert np.mean(reps == 2.0) == pytest.approx(0.5, abs=0.03)  # binomial sd 0.008 at R = 4000
+
+
+def test_hierarchical_bootstrap_one_base_is_its_own_replicates():
+    # One base: every resample draws it, and one of its replicates uniformly: the values are its replicates.
+    within = np.array([[0.0, 4.0, 8.0, 12.0]])
+    reps = stats.hierarchical_bootstrap(within, 4000, np.random.default_rng(1))
+    assert set(np.unique(reps).tolist()) == {0.0, 4.0, 8.0, 12.0}
+    assert reps.mean() == pytest.approx(6.0, abs=0.3)
+
+
+def test_hierarchical_bootstrap_bad_shape():
+    with pytest.raises(ValueError, match=r"within must be \(units >= 1, replicates >= 1\), got shape \(3,\)"):
+        stats.hierarchical_bootstrap(np.zeros(3), 10)

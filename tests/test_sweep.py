@@ -203,3 +203,31 @@ def test_oracle_and_distill_runs_train_on_policy_episodes_or_fail_with_the_reaso
             datasets = [p.parent for p in directory.rglob("meta.json")]
             assert len(datasets) == 1 and load_dataset(datasets[0]).tokens is not None
             assert all(r["forgetting/ci95"] for r in own)
+
+
+def test_several_bases_each_fine_tuned_then_pooled(tmp_path, cache_dir):
+    # Two bases of one recipe (seeds 0, 1): each base's sweep in its folder, every record naming its base,
+    # and the summary opening with the pooled verdict and the per-base outcomes.
+    config = write_config(tmp_path, cache_dir, base={**MINI["base"], "seeds": [0, 1]},
+                          sft={**MINI["sft"], "grid": {"optim.learning_rate": [3e-4]}},
+                          report={"videos": False})
+    out = tmp_path / "out"
+    assert main(["sweep", str(config), "--out", str(out), "--no-progress"]) == 0
+    records = read_records(out / "results.jsonl")
+    assert Counter(r["base_id"] for r in records) == {"base-s0": 4, "base-s1": 4}  # base + 2 SFT + 1 RL each
+    for label in ("base-s0", "base-s1"):
+        own = read_records(out / label / "results.jsonl")
+        assert own == [r for r in records if r["base_id"] == label]
+        assert (out / label / "summary.txt").read_text().startswith("verdict: ")
+    bases = {r["checkpoint"] for r in records if r["method"] == "base"}
+    assert len(bases) == 2  # two different pretrained bases (different seeds -> different recipes)
+    # base-s0 is the single base of the same config: one cache entry for both
+    (tmp_path / "single").mkdir()
+    single = write_config(tmp_path / "single", cache_dir)
+    from razor_robot.cli import _load_config
+    from razor_robot.stages.base import recipe_hash
+
+    assert recipe_hash(_load_config(str(single))) == recipe_hash(_load_config(str(config)).bases()[0][1])
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith("pooled verdict (2 bases): ") or summary.startswith("pooled verdict: unresolved")
+    assert "bases: base-s0, base-s1" in summary

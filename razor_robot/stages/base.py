@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from razor_robot.config import config_hash, to_dict
+from razor_robot.policies.builtin import is_builtin, read_card, resolve_builtin
 from razor_robot.env_pool import EnvPool
 from razor_robot.evaluation import evaluate_policy, kl_observations
 from razor_robot.experiment import SweepConfig
@@ -50,22 +51,39 @@ class BaseArtifacts:
         return json.loads(Path(self.eval_path).read_text())
 
 
+def recipe(config: SweepConfig) -> dict[str, Any]:
+    """Everything that determines a pretrained base: its cache key, and the recipe on a shipped base's card."""
+    return {"backend": config.backend, "env": config.env, "policy": to_dict(config.policy),
+            "pretrain": to_dict(config.base.pretrain), "range": config.position_range,
+            "demonstrator": {"kind": config.demos.demonstrator, "options": config.demos.demonstrator_options,
+                             "max_attempts_factor": config.demos.max_attempts_factor}}
+
+
+def recipe_hash(config: SweepConfig) -> str:
+    """The hash of :func:`recipe` (names the cache directory; stored on a shipped base's card)."""
+    return config_hash(recipe(config))
+
+
 def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True,
-                    log: Callable[[str], None] = print) -> Path:
-    """The base policy's directory: the configured checkpoint, or a cached/pretrained embedded base."""
+                    log: Callable[[str], None] = print, rebuild: bool = False) -> Path:
+    """The base policy's directory: the configured checkpoint (a shipped one checked against its card), or a
+    cached/pretrained embedded base; ``rebuild`` pretrains from the recipe even when a checkpoint is named."""
     from razor_robot.data import DemoDataset
     from razor_robot.policies.action_tokenizer import compute_norm_stats
     from razor_robot.sft import train_sft
 
-    if config.base.checkpoint:
+    if config.base.checkpoint and not rebuild:
+        if is_builtin(config.base.checkpoint):
+            path = resolve_builtin(config.base.checkpoint)  # every file checked against its card
+            card = read_card(config.base.checkpoint)
+            log(f"base policy: shipped {config.base.checkpoint} (recipe {card['recipe_hash']}) at {path}")
+            return path
         path = Path(config.base.checkpoint).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"base checkpoint not found: {path}")
         return path
     pretrain = config.base.pretrain
-    key = {"backend": config.backend, "env": config.env, "policy": to_dict(config.policy), "pretrain":
-           to_dict(pretrain), "range": config.position_range, "demos_grid": config.demos.grid_size}
-    directory = config.cache_root() / f"base-{config_hash(key)}"
+    directory = config.cache_root() / f"base-{recipe_hash(config)}"
     if (directory / "config.json").exists():
         log(f"base policy: cached at {directory}")
         return directory
@@ -87,13 +105,15 @@ def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True
         parts.append(dataset)
     data = DemoDataset.concatenate(parts)
     pool.release()  # no env steps while the base trains: free the workers' memory and cores
+    sft_config = pretrain.sft_config()
+    # The training seed also initialises the weights, so the bases of a multi-base sweep differ in both.
     policy = load_for_training(config.policy.name, dataclasses.replace(config.policy, lora=None),
-                               action_dim=int(data.actions.shape[1]))
+                               action_dim=int(data.actions.shape[1]), seed=sft_config.seed)
     # The gripper command (last dimension) is already in [-1, 1] and binary-like: left un-normalised, as OpenVLA
     # does for end-effector datasets.
     mask = [True] * (data.actions.shape[1] - 1) + [False]
     policy.set_norm_stats(config.unnorm_key, compute_norm_stats(data.actions, mask))
-    train_sft(policy, data, pretrain.sft_config(), unnorm_key=config.unnorm_key, progress=progress)
+    train_sft(policy, data, sft_config, unnorm_key=config.unnorm_key, progress=progress)
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
@@ -122,7 +142,7 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
         prior_probes=str(root / "prior_probes.npz") if predictors.enabled else None,
         fisher=str(root / "fisher.safetensors") if predictors.enabled and predictors.fisher else None)
     paths = [p for p in (artifacts.eval_path, artifacts.kl_observations, artifacts.prior_probes, artifacts.fisher) if p]
-    if all(Path(p).exists() for p in paths):
+    if all(Path(p).exists() for p in paths) and _evaluated(artifacts.eval_path) == str(base_dir):
         return artifacts
     policy = load_for_training(str(base_dir), dataclasses.replace(config.inference_policy(), lora=None))
     _, positions = config.positions()
@@ -148,5 +168,67 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
             tmp = Path(artifacts.fisher).with_name(f".fisher.tmp{os.getpid()}.safetensors")
             save_fisher(tmp, fisher)
             os.replace(tmp, artifacts.fisher)
-    atomic_write_text(Path(artifacts.eval_path), json.dumps(scores))
+    # Written last and naming its checkpoint: the cached sets are reused only for the same base.
+    atomic_write_text(Path(artifacts.eval_path), json.dumps({**scores, "checkpoint": str(base_dir)}))
     return artifacts
+
+
+def _evaluated(eval_path: str) -> str | None:
+    """The checkpoint a cached base evaluation was made of (None for an older file without it)."""
+    try:
+        return json.loads(Path(eval_path).read_text()).get("checkpoint")
+    except (OSError, ValueError):
+        return None
+
+
+def ship_base(config: SweepConfig, base_dir: Path, scores: dict[str, Any], name: str,
+              root: Path | None = None) -> Path:
+    """Copy a pretrained base into the package's shipped bases (``root``: razor_robot.policies.builtin's folder)
+    with its card: recipe and hash, evaluation with counts and intervals, the build machine, file hashes."""
+    import platform
+
+    import torch
+
+    from razor_robot.policies.builtin import BUILTIN_ROOT, CARD_FILE, file_digests
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--ship needs a plain folder name, got {name!r}")
+    files = sorted(p.name for p in Path(base_dir).iterdir() if p.is_file())
+    rates = {key: {"rate": scores[key], "n": scores[f"{key}/n"], "successes": scores[f"{key}/successes"],
+                   "ci95": scores[f"{key}/ci95"]}
+             for key in scores if f"{key}/ci95" in scores}
+    card = {
+        "name": name,
+        "reference": f"builtin:{name}",
+        "recipe": recipe(config),
+        "recipe_hash": recipe_hash(config),
+        "rebuild": f"razor-robot pretrain CONFIG --ship {name}  (CONFIG with this recipe; see recipe_hash)",
+        "evaluation": {"rates": rates, "new_task_positions": config.eval.new_task_positions,
+                       "position_seed": config.eval.position_seed, "episode_seed": config.eval.episode_seed,
+                       "prior_episodes": config.eval.prior_episodes},
+        "built_on": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "machine": platform.machine(),
+                     "python": platform.python_version(), "torch": torch.__version__,
+                     "date": time.strftime("%Y-%m-%d", time.gmtime())},
+        "files": file_digests(base_dir, files),
+    }
+    target = Path(root or BUILTIN_ROOT) / name
+    tmp = target.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base_dir, tmp)
+    (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform reports."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from razor_robot.acting import VLAActor
+from razor_robot.bases import by_base, pooled_verdict_lines, rereferenced
 from razor_robot.experiment import METHODS, SweepConfig
 from razor_robot.summary import frontier_outputs
 from razor_robot.meter import fit_from_records, meter_summary
@@ -58,14 +59,23 @@ def write_report(config: SweepConfig, results: Path, out_dir: Path, *, progress:
     all_records = read_records(results)
     records = completed_records(results)
     failed = [r for r in all_records if r.get("status") == "failed"]
-    lines = [frontier_outputs(records, out_dir), "", meter_summary(records),
-             f"{config.name}: {len(records) - 1} fine-tuned checkpoints, {len(failed)} failed runs; "
-             f"evaluation: {config.eval.plan()[2]}"]
+    groups = by_base(records)
+    if len(groups) > 1:  # several bases: pooled verdicts first, fits over every base's checkpoints
+        headline = pooled_verdict_lines(records)
+        report = frontier_outputs(rereferenced(records), out_dir, headline=headline)
+        report += ("\n\nbases: " + ", ".join(groups) + " (per-base reports, plots and videos in their folders); "
+                   "fits and Table 1 above pool every base's checkpoints, forgetting against each one's own base")
+    else:
+        report = frontier_outputs(records, out_dir)
+    n_bases = len(groups)
+    lines = [report, "", meter_summary(records),
+             f"{config.name}: {len(records) - n_bases} fine-tuned checkpoints of {n_bases} base(s), "
+             f"{len(failed)} failed runs; evaluation: {config.eval.plan()[2]}"]
     lines += [f"failed run {r['run_id']} ({r['hparams']}): {r['reason']}" for r in failed]
     fit = fit_from_records(records)
     if fit is not None:
         atomic_write_text(out_dir / "meter_fit.json", fit.to_json())
-    if config.report.videos:
+    if config.report.videos and n_bases == 1:
         videos = write_videos(config, records, out_dir, progress=progress)
         lines.append("videos: " + ", ".join(p.name for p in videos))
     text = "\n".join(lines).rstrip() + "\n"
