@@ -147,12 +147,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
             scores.update(forgetting_fields(base.scores()["episodes"], scores["episodes"], config.eval.prior_tasks))
             scores.update(checkpoint_measurements(config, policy, load_for_training(str(base_dir), spec).eval(),
                                                   FixedSets(base), seed=0))
-    text = json.dumps(scores, indent=2)
+    from razor_robot.records import dumps_strict
+
+    text = dumps_strict(scores, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     print(f"evaluation: {config.eval.plan()[2]}")
-    print(json.dumps({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
+    print(dumps_strict({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
 
 
 def cmd_frontier(args: argparse.Namespace) -> None:

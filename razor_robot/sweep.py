@@ -16,7 +16,6 @@ A run that raises (including a NaN loss) is recorded as failed with its reason a
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import traceback
 from pathlib import Path
@@ -27,7 +26,9 @@ from tqdm.auto import tqdm
 
 from razor_robot.config import load_yaml, to_dict
 from razor_robot.experiment import RunSpec, SweepConfig, expand_runs
-from razor_robot.records import RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records
+from razor_robot.records import (
+    RESULTS_FILE, append_records, completed_records, dumps_strict, finished_run_ids, read_records,
+)
 from razor_robot.stages.base import base_checkpoint, base_evaluation
 from razor_robot.stages.demos import collect_demos, collect_policy_demos
 from razor_robot.stages.finetune import RunInputs, execute_run
@@ -64,7 +65,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     inputs = None
     if main:  # base, its evaluation and the SFT/oracle data: once, on the main process
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        (out / "config.json").write_text(dumps_strict(to_dict(config), indent=2))
         inputs = _prepare(config, runs, out, results, progress, log)
         done = finished_run_ids(read_records(results))
         log(f"runs: {len(runs)} in the sweep, {sum(r.run_id in done for r in runs)} already done, "

@@ -159,7 +159,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, mo
     def flaky(config, run, *args, **kwargs):
         if run.method == "sft" and run.hparams["optim.learning_rate"] == 3e-4:
             raise NonFiniteLossError("non-finite loss nan at step 3")
-        return real(config, run, *args, **kwargs)
+        records = real(config, run, *args, **kwargs)
+        if run.method == "rl":  # a NaN metric: written as null with its reason, strict JSON all the same
+            records[0]["seconds"] = float("nan")
+        return records
 
     monkeypatch.setattr(sweep, "execute_run", flaky)
     config = write_config(tmp_path, cache_dir, report={"videos": False})
@@ -169,6 +172,16 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, mo
     assert len(failed) == 1 and failed[0]["reason"] == "NonFiniteLossError: non-finite loss nan at step 3"
     assert len({r["run_id"] for r in checkpoint_records(records)}) == EXPECTED_RUNS - 1
     assert "failed run" in (tmp_path / "out" / "summary.txt").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"bare {constant}")
+
+    # Every line is strict JSON (jq, pandas, browsers): json.loads refusing NaN/Infinity passes.
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    strict = [json.loads(line, parse_constant=refuse) for line in lines if line.strip()]
+    nulled = [r for r in strict if r.get("method") == "rl" and r.get("null_reasons")]
+    assert len(nulled) == 1 and nulled[0]["seconds"] is None and nulled[0]["null_reasons"] == {"/seconds": "NaN"}
+    assert [r for r in records if r.get("method") == "rl" and r["seconds"] != r["seconds"]]  # read back as NaN
 
 
 def test_lora_run_saves_adapters_and_measures_the_distance_to_the_base(tmp_path, cache_dir):

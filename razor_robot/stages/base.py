@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -26,7 +25,7 @@ from razor_robot.config import config_hash, to_dict
 from razor_robot.env_pool import EnvPool
 from razor_robot.evaluation import evaluate_policy, kl_observations
 from razor_robot.experiment import SweepConfig
-from razor_robot.records import atomic_save_npz, atomic_write_text
+from razor_robot.records import atomic_save_npz, atomic_write_text, dumps_strict, loads_strict
 from razor_robot.stages.demos import collect_demos
 from razor_robot.stages.load import adapter_factory_for, load_for_training
 
@@ -47,7 +46,7 @@ class BaseArtifacts:
     """safetensors of the base's diagonal Fisher on the probes (None when off)."""
 
     def scores(self) -> dict[str, Any]:
-        return json.loads(Path(self.eval_path).read_text())
+        return loads_strict(Path(self.eval_path).read_text())
 
 
 def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True,
@@ -148,5 +147,5 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
             tmp = Path(artifacts.fisher).with_name(f".fisher.tmp{os.getpid()}.safetensors")
             save_fisher(tmp, fisher)
             os.replace(tmp, artifacts.fisher)
-    atomic_write_text(Path(artifacts.eval_path), json.dumps(scores))
+    atomic_write_text(Path(artifacts.eval_path), dumps_strict(scores))
     return artifacts
