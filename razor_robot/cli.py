@@ -71,8 +71,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from razor_robot.sweep import run_sweep
 
     key = args.method.replace("-", "_")
+    if args.demos is not None:
+        if args.method != "sft":
+            raise ValueError(f"--demos is the SFT arm's data; {args.method} does not train on demonstrations")
+        if not Path(args.demos).is_dir():
+            raise FileNotFoundError(f"--demos: no directory {args.demos}")
     others = [m for m in ("sft", "rl", "oracle_sft", "distill_sft") if m != key]
-    overrides = (list(args.set) + [f"{other}.enabled=false" for other in others]
+    demos = [f"demos.path={json.dumps(str(Path(args.demos).resolve()))}"] if args.demos else []
+    overrides = (list(args.set) + demos + [f"{other}.enabled=false" for other in others]
                  + [f"{key}.enabled=true", f"{key}.grid={{}}"])
     config = _load_config(args.config, overrides)
     out = Path(args.out or Path("runs") / f"{config.name}-{args.method}")
@@ -240,15 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value by dotted key, e.g. --set sft.config.optim.learning_rate=1e-4")
     p.add_argument("--out", help="output directory (default runs/<config name>-<method>)")
+    p.add_argument("--demos", metavar="DIR", help="sft: train on this LeRobot v3.0 dataset (the package's own or "
+                   "a foreign one; sets demos.path) instead of collecting demonstrations")
 
     p = add("pretrain", "Build (or reuse from cache) the base policy and report its new- and prior-task "
             "success.", cmd_pretrain)
     p.add_argument("--out", help="where the base evaluation is cached (default runs/<config name>)")
 
-    p = add("collect", "Collect K successful demonstrations per training-grid point into a Parquet dataset.",
+    p = add("collect", "Collect K successful demonstrations per training-grid point into a LeRobot v3.0 dataset.",
             cmd_collect)
     p.add_argument("--task", help="task to demonstrate (default: the new task)")
-    p.add_argument("--out", required=True, help="dataset directory (steps.parquet + meta.json)")
+    p.add_argument("--out", required=True, help="dataset directory (LeRobotDataset v3.0: meta/, data/)")
 
     p = add("eval", "Evaluate a checkpoint: new-task success on the eval positions, prior-task success, "
             "per-position map and action-token distances to the base.", cmd_eval)

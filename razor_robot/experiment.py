@@ -87,6 +87,12 @@ class DemoSpec:
     """Extra keyword arguments for ``make_demonstrator``."""
     seed: int = 0
     """First collection seed."""
+    path: str | None = None
+    """A LeRobotDataset v3.0 directory to fine-tune SFT on instead of collecting demonstrations (the package's
+    own, or a foreign one: its image feature, an ``action`` of the policy's dimension, its task strings as the
+    instructions). None: collect with the demonstrator."""
+    image_key: str | None = None
+    """The image feature of ``path`` to train on; None: its first feature of dtype image."""
 
     def __post_init__(self):
         if self.grid_size < 1:

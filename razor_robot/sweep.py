@@ -45,6 +45,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
 
     runs = expand_runs(config)  # validates every run's config before any work
     require_backend(config.backend)
+    if config.demos.path and any(r.method == "sft" for r in runs):
+        from razor_robot.envs import task_spec
+        from razor_robot.lerobot_format import check_training_data
+
+        check_training_data(config.demos.path, action_dim=task_spec(config.eval.new_task, config.backend).action_dim,
+                            image_key=config.demos.image_key)
     if "ray" in (config.engine, config.rollout_engine):
         require_ray()
     meter_file_fit = None
@@ -98,6 +104,17 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     return results
 
 
+def import_demos(path: str, image_key: str | None, directory: Path) -> Path:
+    """A LeRobot dataset as the SFT arm's data: the package's own directory is used as it is; a foreign one (or
+    another camera of it) is read once and written in the package's layout, so training reads one layout."""
+    from razor_robot.data import save_dataset
+    from razor_robot.lerobot_format import read_info, read_lerobot
+
+    if image_key in (None, "observation.image") and read_info(Path(path)).get("razor_robot"):
+        return Path(path)
+    return save_dataset(read_lerobot(path, image_key=image_key), directory)  # cheap: rewritten on every resume
+
+
 def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path, progress: bool,
              log: Callable[[str], None]) -> RunInputs:
     """Stages 1-2: base policy, its evaluation and record, the SFT and oracle-sft datasets."""
@@ -116,7 +133,9 @@ def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path,
             f"({time.perf_counter() - start:.0f} s); evaluation: {config.eval.plan()[2]}")
         datasets: dict[str, str] = {}
         missing: dict[str, str] = {}
-        if "sft" in methods:
+        if "sft" in methods and config.demos.path:
+            datasets["sft"] = str(import_demos(config.demos.path, config.demos.image_key, out / "sft-demos"))
+        elif "sft" in methods:
             grid, _ = config.positions()
             _, directory = collect_demos(config, config.eval.new_task, grid, config.demos.episodes_per_point,
                                          config.demos.seed, pool, progress=progress)
