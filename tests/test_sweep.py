@@ -34,7 +34,7 @@ MINI = {
     "rl": {"config": {"optim": {"batch_size": 64}, "iterations": 2, "rollouts_per_point": 1, "checkpoints": 1},
            "grid": {"optim.learning_rate": [1e-4]}},
     "wandb": {"mode": "disabled"},
-    "report": {"videos": True, "video_episodes": 1, "video_tile": 64},
+    "report": {"videos": True, "video_episodes": 1, "video_tile": 64, "video_camera": 64},
     "meter": {"every": 1, "observations": 8},
     "predictors": {"probe_observations": 8},
 }
@@ -99,7 +99,7 @@ def test_mini_sweep_writes_records_plots_videos_and_resumes(tmp_path, cache_dir)
     sft_steps = [r["step"] for r in runs if r["method"] == "sft"]
     assert len(sft_steps) == 4 and all(s > 0 for s in sft_steps)
     for name in ("frontier.png", "kl_forgetting.png", "summary.txt", "best-sft-pick-can.mp4",
-                 "best-rl-open-drawer.mp4"):
+                 "best-rl-open-drawer.mp4", "sft-vs-rl.mp4"):
         assert (out / name).stat().st_size > 0, name
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("verdict: ") and "sft" in summary and "meter:" in summary
@@ -213,6 +213,6 @@ def test_oracle_and_distill_runs_train_on_policy_episodes_or_fail_with_the_reaso
             from razor_robot.data import load_dataset
 
             directory = out / ("oracle-demos" if method == "oracle-sft" else "distill-demos")
-            datasets = [p.parent for p in directory.rglob("meta.json")]
+            datasets = [p.parent.parent for p in directory.rglob("meta/info.json")]  # LeRobot v3.0 roots
             assert len(datasets) == 1 and load_dataset(datasets[0]).tokens is not None
             assert all(r["forgetting/ci95"] for r in own)
