@@ -259,7 +259,8 @@ def _comparison_video(args: argparse.Namespace) -> None:
             k, n = sum(t.success for t in trajectories), len(trajectories)
             lo, hi = wilson_interval(k, n)
             rate = f"{args.task} {100 * k / n:.1f}% ({k}/{n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})"
-            columns.append(([Path(checkpoint).name, str(Path(checkpoint).parent.name), rate], trajectories))
+            name = Path(checkpoint).resolve()
+            columns.append(([f"{name.parent.name}/{name.name}", rate], trajectories))
             print(f"{checkpoint}: {rate}")
     path = write_comparison_video(columns, args.out, fps=args.fps, tile_size=args.tile)
     print(f"{path}: {len(columns)} checkpoints side by side on the same {len(requests)} episodes")

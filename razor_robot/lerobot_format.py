@@ -91,6 +91,7 @@ def _tasks_table(pa: Any, tasks: list[str]) -> Any:
                      "numpy_type": "int64", "metadata": None},
                     {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
                      "metadata": None}],
+        # The metadata layout of pandas 2.x, which lerobot's pd.read_parquet expects.
         "creator": {"library": "razor-robot", "version": "0.1.0"}, "pandas_version": "2.2.0"}
     table = pa.table({"task_index": pa.array(np.arange(len(tasks)), pa.int64()), "task": pa.array(tasks)})
     return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
@@ -298,19 +299,7 @@ def read_lerobot(directory: str | os.PathLike, *, image_key: str | None = None) 
     directory = Path(directory)
     info = read_info(directory)
     features = info.get("features", {})
-    images = [k for k, f in features.items() if f.get("dtype") == "image"]
-    videos = [k for k, f in features.items() if f.get("dtype") == "video"]
-    if image_key is None:
-        if not images:
-            hint = f" (its cameras are videos: {', '.join(videos)}; only images stored in Parquet are read)" \
-                if videos else ""
-            raise ValueError(f"{directory}: no image feature (dtype image) in {INFO_PATH}{hint}")
-        image_key = images[0]
-    elif image_key not in images:
-        raise ValueError(f"{directory}: no image feature {image_key!r} in {INFO_PATH} (image features: "
-                         f"{', '.join(images) or 'none'})")
-    if "action" not in features:
-        raise ValueError(f"{directory}: no 'action' feature in {INFO_PATH} (features: {', '.join(features)})")
+    image_key = _mapped_keys(directory, features, image_key)
     files = sorted((directory / "data").glob("chunk-*/file-*.parquet"))
     if not files:
         raise FileNotFoundError(f"{directory}: no data files (data/chunk-XXX/file-XXX.parquet)")
@@ -342,22 +331,29 @@ def read_lerobot(directory: str | os.PathLike, *, image_key: str | None = None) 
     )
 
 
-def check_training_data(directory: str | os.PathLike, *, action_dim: int, image_key: str | None = None) -> str:
-    """Check a LeRobot v3.0 dataset for SFT before any work starts (info.json only): an image feature, an
-    ``action`` of the policy's dimension. Returns the image key it will use; one-line errors otherwise."""
-    directory = Path(directory)
-    info = read_info(directory)
-    features = info.get("features", {})
+def _mapped_keys(directory: Path, features: dict[str, Any], image_key: str | None) -> str:
+    """The image feature a dataset maps to the policy's camera (``image_key``, else its first of dtype image);
+    one-line errors where there is none or no ``action``."""
     images = [k for k, f in features.items() if f.get("dtype") == "image"]
-    if image_key is not None and image_key not in features:
-        raise ValueError(f"{directory}: no feature {image_key!r} (image features: {', '.join(images) or 'none'})")
-    if image_key is None and not images:
+    if image_key is not None and image_key not in images:
+        raise ValueError(f"{directory}: no image feature {image_key!r} in {INFO_PATH} (image features: "
+                         f"{', '.join(images) or 'none'})")
+    if not images:
         videos = [k for k, f in features.items() if f.get("dtype") == "video"]
         hint = f"; its cameras are videos ({', '.join(videos)}), only Parquet images are read" if videos else ""
         raise ValueError(f"{directory}: no image feature (dtype image) in {INFO_PATH}{hint}")
     if "action" not in features:
         raise ValueError(f"{directory}: no 'action' feature in {INFO_PATH} (features: {', '.join(features)})")
+    return image_key or images[0]
+
+
+def check_training_data(directory: str | os.PathLike, *, action_dim: int, image_key: str | None = None) -> str:
+    """Check a LeRobot v3.0 dataset for SFT before any work starts (info.json only): an image feature, an
+    ``action`` of the policy's dimension. Returns the image key it will use; one-line errors otherwise."""
+    directory = Path(directory)
+    features = read_info(directory).get("features", {})
+    key = _mapped_keys(directory, features, image_key)
     shape = list(features["action"].get("shape", []))
     if shape != [action_dim]:
         raise ValueError(f"{directory}: 'action' has shape {shape}, the policy acts in {action_dim} dimensions")
-    return image_key or images[0]
+    return key

@@ -80,7 +80,7 @@ def test_one_line_errors_for_what_does_not_map(tmp_path):
 
     write_foreign(tmp_path / "ok")
     assert "'action' has shape [4], the policy acts in 7 dimensions" in error(tmp_path / "ok", action_dim=7)
-    assert "no feature 'observation.images.side'" in error(tmp_path / "ok", image_key="observation.images.side")
+    assert "no image feature 'observation.images.side'" in error(tmp_path / "ok", image_key="observation.images.side")
     write_foreign(tmp_path / "no-image", cameras=())
     assert "no image feature (dtype image)" in error(tmp_path / "no-image")
     write_foreign(tmp_path / "v21", version="v2.1")

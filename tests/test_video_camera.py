@@ -75,8 +75,8 @@ def test_video_command_puts_checkpoints_side_by_side(tmp_path, capsys):
         low, high = wilson_interval(int(k), 2)
         assert (float(rate), float(lo), float(hi)) == (50.0 * int(k), round(100 * low, 1), round(100 * high, 1))
     reader = imageio.get_reader(out)
-    # A caption band of 3 lines (48 px, a multiple of 16) over 2 episodes of 64 px, one column per checkpoint;
+    # A caption band of 2 lines (28 px, rounded up to 32: a multiple of 16) over 2 episodes of 64 px per column;
     # one frame per step of the 30-step horizon and the last held 5 more.
-    assert reader.get_data(0).shape == (48 + 2 * 64, 2 * 64, 3) and reader.count_frames() == 30 + 5
+    assert reader.get_data(0).shape == (32 + 2 * 64, 2 * 64, 3) and reader.count_frames() == 30 + 5
     assert main(["video", "--task", "pick-can", "--checkpoint", str(tmp_path / "nowhere"), "--out",
                  str(out)]) == 2

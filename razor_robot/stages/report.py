@@ -38,7 +38,8 @@ def _rate(record: dict[str, Any], key: str, name: str) -> str:
     if f"{key}/ci95" not in record:
         return f"{name} {record[key]:.1f}%"
     lo, hi = record[f"{key}/ci95"]
-    return f"{name} {record[key]:.1f}% ({record[f'{key}/successes']}/{record[f'{key}/n']}, CI {lo:.1f}-{hi:.1f})"
+    return (f"{name} {record[key]:.1f}% ({record[f'{key}/successes']}/{record[f'{key}/n']}, "
+            f"95% CI {lo:.1f}-{hi:.1f})")
 
 
 def caption(record: dict[str, Any], config: SweepConfig) -> list[str]:
