@@ -6,10 +6,11 @@ root=DIR)`` loads and which this package reads back exactly; the collection meta
 shortfalls per grid point, the action normalisation statistics) sits in info.json under ``razor_robot``. A
 foreign LeRobot v3.0 dataset reads too (its image, action and task strings).
 
-Actions are stored raw (as the demonstrator emitted them) and clipped to the env's [-1, 1] box (the env clips
-them anyway, and labels beyond the box would land in the edge bins). Token ids depend on the policy's
-vocabulary, so they are derived at training time from the stored normalised actions (see
-:meth:`DemoDataset.action_tokens`).
+The env actions are stored as the demonstrator sent them (``env_actions``, LeRobot's ``action``); the SFT labels
+(``actions``, ``action.label``) are clipped to the env's [-1, 1] box (the env clips them anyway, and labels
+beyond the box would land in the edge bins). A demonstrator's token ids depend on the policy's vocabulary and
+action statistics, so SFT bins the labels at training time (razor_robot.training.action_bins); episodes of a
+policy keep the tokens it sampled (``tokens``, ``action.tokens``), which are then the labels.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from razor_robot.lerobot_format import INFO_PATH, read_lerobot, write_lerobot
+from razor_robot.lerobot_format import read_lerobot, write_lerobot
 from razor_robot.rollout import BatchPolicy, EpisodeRequest, Trajectory, rollout
 
 
@@ -202,11 +203,6 @@ def load_dataset(directory: str | os.PathLike) -> DemoDataset:
     """Read a LeRobot v3.0 directory (FileNotFoundError where none is complete: no meta/info.json; the old
     steps.parquet layout counts as none, so caches of it are collected again, never misread)."""
     return read_lerobot(directory)
-
-
-def is_dataset(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a complete LeRobot dataset (its info.json is written last)."""
-    return (Path(directory) / INFO_PATH).exists()
 
 
 def episodes_per_task(dataset: DemoDataset) -> dict[str, int]:
