@@ -129,24 +129,13 @@ def frame_features(dataset: Any) -> dict[str, dict[str, Any]]:
     return features
 
 
-def write_lerobot(dataset: Any, directory: str | os.PathLike, *, fps: int | None = None) -> Path:
-    """Write a DemoDataset as a LeRobotDataset v3.0 directory (see the module docstring). Episodes are renumbered
-    0..E-1 in order of first appearance; ``episode_ids`` must keep each episode's frames together."""
+def _frame_columns(dataset: Any, starts: np.ndarray, ends: np.ndarray, fps: int,
+                   tasks: list[str]) -> dict[str, Any]:
+    """The data files' columns, keyed as in :func:`frame_features`: (N, k) arrays, (N,) arrays, image structs."""
     import pyarrow as pa
 
-    directory = Path(directory)
     n = len(dataset)
-    if n == 0:
-        raise ValueError(f"empty dataset: nothing to write to {directory}")
-    change = np.flatnonzero(np.diff(dataset.episode_ids)) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [n]])
-    if len(np.unique(dataset.episode_ids)) != len(starts):
-        raise ValueError("episode_ids interleave: each episode's frames must be contiguous")
-    episode_index = np.repeat(np.arange(len(starts)), ends - starts)
     frame_index = np.arange(n) - np.repeat(starts, ends - starts)
-    fps = fps or FPS.get(dataset.meta.get("backend", "metaworld"), FPS["metaworld"])
-    tasks = list(dict.fromkeys(dataset.instructions))
     task_of = {t: i for i, t in enumerate(tasks)}
     success = (dataset.step_success if dataset.step_success is not None else np.zeros(n, bool)).astype(bool)
     done = np.zeros(n, bool)
@@ -165,39 +154,68 @@ def write_lerobot(dataset: Any, directory: str | os.PathLike, *, fps: int | None
         "episode.grid_index": dataset.grid_index.astype(np.int64),
         "episode.seed": (dataset.seeds if dataset.seeds is not None else np.full(n, -1)).astype(np.int64),
         "timestamp": (frame_index / fps).astype(np.float32), "frame_index": frame_index.astype(np.int64),
-        "episode_index": episode_index.astype(np.int64), "index": np.arange(n, dtype=np.int64),
+        "episode_index": np.repeat(np.arange(len(starts)), ends - starts).astype(np.int64),
+        "index": np.arange(n, dtype=np.int64),
         "task_index": np.array([task_of[t] for t in dataset.instructions], np.int64),
     })
-    features = frame_features(dataset)
+    return columns
+
+
+def _arrow_table(columns: dict[str, Any]) -> Any:
+    import pyarrow as pa
+
     arrays = {}
     for key, value in columns.items():
-        if isinstance(value, np.ndarray) and value.ndim == 2:
+        if isinstance(value, np.ndarray) and value.ndim == 2:  # (N, k) -> a fixed-size list per row
             flat = pa.array(value.reshape(-1), pa.from_numpy_dtype(value.dtype))
             arrays[key] = pa.FixedSizeListArray.from_arrays(flat, value.shape[1])
         else:
-            arrays[key] = value if not isinstance(value, np.ndarray) else pa.array(value)
-    table = pa.table(arrays)
+            arrays[key] = pa.array(value) if isinstance(value, np.ndarray) else value
+    return pa.table(arrays)
 
-    # Episodes fill a data file until it would pass DATA_FILES_SIZE_IN_MB (estimated from the whole table).
-    bytes_per_frame = table.nbytes / n
-    budget = max(1, int(DATA_FILES_SIZE_IN_MB * 1024 ** 2 // bytes_per_frame))
+
+def _episode_rows(instructions: list[str], starts: np.ndarray, ends: np.ndarray,
+                  frames_per_file: int) -> list[dict[str, Any]]:
+    """meta/episodes rows: an episode starts a new data file when its file would pass ``frames_per_file``."""
+    rows, file_number, file_start = [], 0, 0
+    for e, (start, end) in enumerate(zip(starts, ends)):
+        if end - file_start > frames_per_file and start > file_start:
+            file_number, file_start = file_number + 1, start
+        rows.append({"episode_index": e, "tasks": [instructions[start]], "length": int(end - start),
+                     "data/chunk_index": file_number // CHUNKS_SIZE, "data/file_index": file_number % CHUNKS_SIZE,
+                     "dataset_from_index": int(start), "dataset_to_index": int(end),
+                     "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+    return rows
+
+
+def write_lerobot(dataset: Any, directory: str | os.PathLike, *, fps: int | None = None) -> Path:
+    """Write a DemoDataset as a LeRobotDataset v3.0 directory (see the module docstring). Episodes are renumbered
+    0..E-1 in order of first appearance; ``episode_ids`` must keep each episode's frames together."""
+    import pyarrow as pa
+
+    directory = Path(directory)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f"empty dataset: nothing to write to {directory}")
+    change = np.flatnonzero(np.diff(dataset.episode_ids)) + 1
+    starts, ends = np.concatenate([[0], change]), np.concatenate([change, [n]])
+    if len(np.unique(dataset.episode_ids)) != len(starts):
+        raise ValueError("episode_ids interleave: each episode's frames must be contiguous")
+    fps = fps or FPS.get(dataset.meta.get("backend", "metaworld"), FPS["metaworld"])
+    tasks = list(dict.fromkeys(dataset.instructions))
+    columns = _frame_columns(dataset, starts, ends, fps, tasks)
+    table = _arrow_table(columns)
+    # Data files close before DATA_FILES_SIZE_IN_MB, estimated from the whole table's bytes per frame.
+    rows = _episode_rows(dataset.instructions, starts, ends,
+                         max(1, int(DATA_FILES_SIZE_IN_MB * 1024 ** 2 // (table.nbytes / n))))
     if directory.exists():  # a rewrite: clear what an older layout or an older write left
         for stale in ("data", "meta", *LEGACY_FILES):
             path = directory / stale
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    rows, file_number, file_start = [], 0, 0
-    for e, (start, end) in enumerate(zip(starts, ends)):
-        if end - file_start > budget and start > file_start:
-            file_number, file_start = file_number + 1, start
-        rows.append({"episode_index": e, "tasks": [dataset.instructions[start]], "length": int(end - start),
-                     "data/chunk_index": file_number // CHUNKS_SIZE, "data/file_index": file_number % CHUNKS_SIZE,
-                     "dataset_from_index": int(start), "dataset_to_index": int(end),
-                     "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
-    for number in range(file_number + 1):
-        mine = [r for r in rows if r["data/chunk_index"] * CHUNKS_SIZE + r["data/file_index"] == number]
+    for chunk, file in sorted({(r["data/chunk_index"], r["data/file_index"]) for r in rows}):
+        mine = [r for r in rows if (r["data/chunk_index"], r["data/file_index"]) == (chunk, file)]
         lo, hi = mine[0]["dataset_from_index"], mine[-1]["dataset_to_index"]
-        _atomic_parquet(table.slice(lo, hi - lo), directory / DATA_PATH.format(
-            chunk_index=number // CHUNKS_SIZE, file_index=number % CHUNKS_SIZE))
+        _atomic_parquet(table.slice(lo, hi - lo), directory / DATA_PATH.format(chunk_index=chunk, file_index=file))
     _atomic_parquet(pa.Table.from_pylist(rows), directory / EPISODES_PATH.format(chunk_index=0, file_index=0))
     _atomic_parquet(_tasks_table(pa, tasks), directory / TASKS_PATH)
     stats = {"observation.image": _stats(dataset.images, image=True)}
@@ -209,7 +227,7 @@ def write_lerobot(dataset: Any, directory: str | os.PathLike, *, fps: int | None
         "total_episodes": len(starts), "total_frames": n, "total_tasks": len(tasks), "chunks_size": CHUNKS_SIZE,
         "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB, "video_files_size_in_mb": 200, "fps": fps,
         "splits": {"train": f"0:{len(starts)}"}, "data_path": DATA_PATH, "video_path": None,
-        "features": features,
+        "features": frame_features(dataset),
         "razor_robot": {"tasks": sorted(set(dataset.tasks)), "task_of_instruction":
                         dict(zip(dataset.instructions, dataset.tasks)), "meta": dataset.meta},
     }
@@ -270,21 +288,19 @@ def _column(table: Any, key: str, dtype: Any) -> np.ndarray:
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype)
 
 
-def _decode_images(table: Any, key: str, shape: list[int]) -> np.ndarray:
+def _decode_images(table: Any, key: str) -> np.ndarray:
+    """(N, H, W, 3) uint8 from an image column ({bytes, path} structs of encoded images, as lerobot embeds them)."""
     from PIL import Image
 
-    cells = table.column(key).to_pylist()
-    images = np.empty((len(cells), *shape[:2], 3), np.uint8) if len(shape) == 3 and shape[2] == 3 else None
     decoded = []
-    for cell in cells:
+    for cell in table.column(key).to_pylist():
         data = cell.get("bytes") if isinstance(cell, dict) else cell
         if data is None:
             raise ValueError(f"feature {key!r}: an image without embedded bytes (a path-only image)")
         decoded.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-    if images is None or any(d.shape != images.shape[1:] for d in decoded):
-        return np.stack(decoded)
-    images[:] = decoded
-    return images
+    if len({image.shape for image in decoded}) > 1:
+        raise ValueError(f"feature {key!r}: images of different sizes")
+    return np.stack(decoded)
 
 
 def read_lerobot(directory: str | os.PathLike, *, image_key: str | None = None) -> Any:
@@ -314,7 +330,7 @@ def read_lerobot(directory: str | os.PathLike, *, image_key: str | None = None) 
     task_names = own.get("task_of_instruction", {})
     has = set(table.column_names)
     return DemoDataset(
-        images=_decode_images(table, image_key, features[image_key]["shape"]),
+        images=_decode_images(table, image_key),
         states=_column(table, "observation.state", np.float32) if "observation.state" in has
         else np.zeros((n, 0), np.float32),
         actions=_column(table, "action.label" if "action.label" in has else "action", np.float32),

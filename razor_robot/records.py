@@ -93,9 +93,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             records.append(loads_strict(line))
-        except (json.JSONDecodeError, KeyError, IndexError, ValueError) as error:
+        except (KeyError, IndexError, TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
+            what = "not valid JSON" if isinstance(error, json.JSONDecodeError) else "a corrupt null_reasons"
             raise ValueError(
-                f"{path}:{number}: corrupt record ({error}); to recover, delete line {number} (or restore the "
+                f"{path}:{number}: {what} ({error}); to recover, delete line {number} (or restore the "
                 f"file) and re-run: runs without a record are run again") from None
     return records
 

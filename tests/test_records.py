@@ -61,9 +61,9 @@ def test_a_torn_results_line_names_the_file_the_line_and_the_recovery(tmp_path):
     with pytest.raises(ValueError) as error:
         read_records(path)
     message = str(error.value)
-    assert "\n" not in message and message.startswith(f"{path}:2: corrupt record")
+    assert "\n" not in message and message.startswith(f"{path}:2: not valid JSON (")
     assert "delete line 2" in message
-    with pytest.raises(ValueError, match=f"{path}:2: corrupt record"):
+    with pytest.raises(ValueError, match=f"{path}:2: not valid JSON"):
         load_records(path)  # the frontier command reads through the same parser
 
 
@@ -71,3 +71,10 @@ def test_old_results_with_bare_nan_still_read(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text('{"run_id": "a", "kl": NaN}\n')
     assert math.isnan(read_records(path)[0]["kl"])
+
+
+def test_a_null_reason_pointing_nowhere_is_a_one_line_error(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"run_id": "a", "kl": null, "null_reasons": {"/kl/0": "NaN"}}\n')
+    with pytest.raises(ValueError, match=r"results.jsonl:1: a corrupt null_reasons .*delete line 1"):
+        read_records(path)
