@@ -58,6 +58,10 @@ POSITION_RANGES: Dict[Tuple[str, str], Tuple[Range, Range]] = {
     ("metaworld", "default"): ((-0.15, 0.15), (0.55, 0.75)),
 }
 
+VIEWER_KEY = "viewer"
+"""Observation key of a video camera's frame (Meta-World's ``viewer_size``): rollouts keep it for videos, and
+policies never see it."""
+
 
 class MissingDependencyError(ImportError):
     """An optional backend's package is not installed; the message says how to install it."""

@@ -54,6 +54,7 @@ from .core import (  # noqa: E402
     check_success_mode,
     check_task,
     task_spec,
+    VIEWER_KEY,
 )
 
 try:  # noqa: E402
@@ -105,6 +106,11 @@ class CameraView:
         cam.azimuth = self.azimuth
         cam.elevation = self.elevation
         return cam
+
+
+VIEWER_CAMERA = CameraView(lookat=(0.0, 0.68, 0.08), distance=0.85, azimuth=145.0, elevation=-28.0)
+"""The videos' camera: closer and from the side, so a person sees the gripper close on the can; never the
+policy's input."""
 
 
 # --------------------------------------------------------------------------------------------- pick-can scene
@@ -391,6 +397,8 @@ class MetaWorldTaskEnv(gym.Env):
         action_repeat: Optional[int] = None,
         camera: Optional[CameraView] = None,
         render_mode: Optional[str] = None,
+        viewer_size: Optional[int] = None,
+        viewer_camera: Optional[CameraView] = None,
     ) -> None:
         self.task_spec: TaskSpec = task_spec(check_task(task), "metaworld")
         self.image_size = check_image_size(image_size)
@@ -402,6 +410,10 @@ class MetaWorldTaskEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.camera = camera or CameraView()
+        # A second render of the same state for videos: its own camera and size, after the policy's image.
+        self.viewer_size = None if viewer_size is None else check_image_size(viewer_size)
+        self.viewer_camera = viewer_camera or VIEWER_CAMERA
+        self._viewer: Optional[_FrameRenderer] = None
 
         self._inner = _make_inner(task)
         # Meta-World refuses to step past its own max_path_length; ours is the binding horizon.
@@ -414,6 +426,8 @@ class MetaWorldTaskEnv(gym.Env):
             {
                 "image": spaces.Box(0, 255, (size, size, 3), np.uint8),
                 "state": _state_space(self._inner),
+                **({} if self.viewer_size is None else
+                   {VIEWER_KEY: spaces.Box(0, 255, (self.viewer_size, self.viewer_size, 3), np.uint8)}),
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (self.task_spec.action_dim,), np.float32)
@@ -516,4 +530,10 @@ class MetaWorldTaskEnv(gym.Env):
         return self._renderer.render(self._inner.data)
 
     def _obs(self) -> Dict[str, np.ndarray]:
-        return {"image": self._image(), "state": self._state.copy()}
+        obs = {"image": self._image(), "state": self._state.copy()}
+        if self.viewer_size is not None:
+            if self._viewer is None:
+                self._viewer = _FrameRenderer(self._inner.model, self.viewer_size, self.viewer_camera,
+                                              self.task_spec.task)
+            obs[VIEWER_KEY] = self._viewer.render(self._inner.data)
+        return obs

@@ -207,8 +207,8 @@ def save_policy(
     config = policy.config.to_dict()
     norm_stats = config.pop("norm_stats")
     meta = {"format": PROJECT_FORMAT, "config": config, "lora": policy.lora_config}
-    (directory / PROJECT_CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-    (directory / "norm_stats.json").write_text(json.dumps(norm_stats, indent=2))
+    (directory / PROJECT_CONFIG_NAME).write_text(json.dumps(meta, indent=2, allow_nan=False))
+    (directory / "norm_stats.json").write_text(json.dumps(norm_stats, indent=2, allow_nan=False))
     policy.processor.tokenizer.save(str(directory / "tokenizer.json"))
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in (state_dict or policy.state_dict()).items()},

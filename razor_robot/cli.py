@@ -78,8 +78,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from razor_robot.sweep import run_sweep
 
     key = args.method.replace("-", "_")
+    if args.demos is not None:
+        if args.method != "sft":
+            raise ValueError(f"--demos is the SFT arm's data; {args.method} does not train on demonstrations")
+        if not Path(args.demos).is_dir():
+            raise FileNotFoundError(f"--demos: no directory {args.demos}")
     others = [m for m in ("sft", "rl", "oracle_sft", "distill_sft") if m != key]
-    overrides = (list(args.set) + [f"{other}.enabled=false" for other in others]
+    demos = [f"demos.path={json.dumps(str(Path(args.demos).resolve()))}"] if args.demos else []
+    overrides = (list(args.set) + demos + [f"{other}.enabled=false" for other in others]
                  + [f"{key}.enabled=true", f"{key}.grid={{}}"])
     config = _load_config(args.config, overrides)
     out = Path(args.out or Path("runs") / f"{config.name}-{args.method}")
@@ -166,12 +172,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
             scores.update(forgetting_fields(base.scores()["episodes"], scores["episodes"], config.eval.prior_tasks))
             scores.update(checkpoint_measurements(config, policy, load_for_training(str(base_dir), spec).eval(),
                                                   FixedSets(base), seed=0))
-    text = json.dumps(scores, indent=2)
+    from razor_robot.records import dumps_strict
+
+    text = dumps_strict(scores, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     print(f"evaluation: {config.eval.plan()[2]}")
-    print(json.dumps({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
+    print(dumps_strict({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
 
 
 def cmd_frontier(args: argparse.Namespace) -> None:
@@ -193,6 +201,15 @@ def cmd_video(args: argparse.Namespace) -> None:
     require_backend(args.backend)
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.tile % 16:
+        raise ValueError(f"--tile must be a multiple of 16, got {args.tile}")
+    for checkpoint in args.checkpoint:
+        if not Path(checkpoint).exists():
+            raise FileNotFoundError(f"--checkpoint: not found: {checkpoint}")
+    if args.camera_size and args.backend != "metaworld":
+        raise ValueError("--camera-size is a Meta-World camera; pass --camera-size 0 for the simpler backend")
+    if args.checkpoint:
+        return _comparison_video(args)
     if args.policy == "scripted":
         import functools
 
@@ -217,11 +234,55 @@ def cmd_video(args: argparse.Namespace) -> None:
         xy = eval_positions(args.episodes, seed=args.seed, x_range=x_range, y_range=y_range, backend=args.backend)
     requests = [EpisodeRequest(args.task, args.seed + i, tuple(map(float, xy[i])) if with_positions else None)
                 for i in range(args.episodes)]
-    trajectories = rollout(requests, policy, backend=args.backend, env_options={"image_size": args.image_size},
+    trajectories = rollout(requests, policy, backend=args.backend, env_options=_video_env_options(args),
                            num_workers=args.workers, progress=not args.no_progress)
     path = write_rollout_video(trajectories, args.out, fps=args.fps, tile_size=args.tile)
     successes = sum(t.success for t in trajectories)
     print(f"{path}: {len(trajectories)} episodes of {args.task}, {successes} successful")
+
+
+def _video_env_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"image_size": args.image_size, **({"viewer_size": args.camera_size} if args.camera_size else {})}
+
+
+def _video_requests(args: argparse.Namespace) -> list[Any]:
+    from razor_robot.envs import eval_positions, position_ranges
+    from razor_robot.rollout import EpisodeRequest
+
+    xy = None
+    if args.task == "pick-can":
+        x_range, y_range = position_ranges(args.backend)
+        xy = eval_positions(args.episodes, seed=args.seed, x_range=x_range, y_range=y_range, backend=args.backend)
+    return [EpisodeRequest(args.task, args.seed + i, None if xy is None else tuple(map(float, xy[i])))
+            for i in range(args.episodes)]
+
+
+def _comparison_video(args: argparse.Namespace) -> None:
+    """Checkpoints side by side on the same episodes, each captioned with its success on them (count, 95% CI)."""
+    from razor_robot.acting import VLAActor
+    from razor_robot.env_pool import EnvPool
+    from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec
+    from razor_robot.stages.load import adapter_factory_for, load_for_training
+    from razor_robot.stats import wilson_interval
+    from razor_robot.video import write_comparison_video
+
+    unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
+    requests = _video_requests(args)
+    columns = []
+    with EnvPool(args.backend, _video_env_options(args), num_workers=args.workers) as pool:
+        for checkpoint in args.checkpoint:
+            actor = VLAActor(load_for_training(checkpoint, PolicySpec()), unnorm_key=unnorm_key,
+                             temperature=args.temperature, seed=args.seed,
+                             adapter_factory=adapter_factory_for(args.backend))
+            trajectories = pool.rollout(requests, actor, progress=not args.no_progress)
+            k, n = sum(t.success for t in trajectories), len(trajectories)
+            lo, hi = wilson_interval(k, n)
+            rate = f"{args.task} {100 * k / n:.1f}% ({k}/{n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})"
+            name = Path(checkpoint).resolve()
+            columns.append(([f"{name.parent.name}/{name.name}", rate], trajectories))
+            print(f"{checkpoint}: {rate}")
+    path = write_comparison_video(columns, args.out, fps=args.fps, tile_size=args.tile)
+    print(f"{path}: {len(columns)} checkpoints side by side on the same {len(requests)} episodes")
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -257,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value by dotted key, e.g. --set sft.config.optim.learning_rate=1e-4")
     p.add_argument("--out", help="output directory (default runs/<config name>-<method>)")
+    p.add_argument("--demos", metavar="DIR", help="sft: train on this LeRobot v3.0 dataset (the package's own or "
+                   "a foreign one; sets demos.path) instead of collecting demonstrations")
 
     p = add("pretrain", "Build (or reuse from cache) the base policy from its recipe (base.pretrain), also when "
             "base.checkpoint names a shipped base, and report its new- and prior-task success.", cmd_pretrain)
@@ -264,10 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ship", metavar="NAME", help="rebuild from the recipe and ship the base(s) with the package as "
                    "builtin:NAME ({seed} in NAME for base.seeds), with a card")
 
-    p = add("collect", "Collect K successful demonstrations per training-grid point into a Parquet dataset.",
+    p = add("collect", "Collect K successful demonstrations per training-grid point into a LeRobot v3.0 dataset.",
             cmd_collect)
     p.add_argument("--task", help="task to demonstrate (default: the new task)")
-    p.add_argument("--out", required=True, help="dataset directory (steps.parquet + meta.json)")
+    p.add_argument("--out", required=True, help="dataset directory (LeRobotDataset v3.0: meta/, data/)")
 
     p = add("eval", "Evaluate a checkpoint: new-task success on the eval positions, prior-task success, "
             "per-position map and action-token distances to the base.", cmd_eval)
@@ -285,10 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.", cmd_video, config=False)
     p.add_argument("--task", required=True, help="pick-can, open-drawer or close-drawer")
     p.add_argument("--policy", default="scripted", help="'scripted' (expert) or a checkpoint directory")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="repeat for a side-by-side video of checkpoints on the same episodes (replaces --policy)")
+    p.add_argument("--camera-size", type=int, default=256,
+                   help="Meta-World: the video's own camera at this size (the policy's input is unchanged); "
+                   "0 shows the policy's frames")
     p.add_argument("--backend", default="metaworld", help="metaworld (default) or simpler")
     p.add_argument("--episodes", type=int, default=4, help="episodes in the mosaic")
     p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--image-size", type=int, default=128, help="env camera size in pixels")
+    p.add_argument("--image-size", type=int, default=64, help="the policy's camera size in pixels (its input)")
     p.add_argument("--tile", type=int, default=256, help="tile size of each episode in the video")
     p.add_argument("--fps", type=int, default=10, help="frames per second")
     p.add_argument("--seed", type=int, default=0, help="episode seed (and eval-position seed)")

@@ -1,32 +1,30 @@
-"""Demonstration datasets: collected with a demonstrator, stored as Parquet + JSON metadata.
+"""Demonstration datasets: collected with a demonstrator, stored as LeRobotDataset v3.0 directories.
 
-A dataset directory holds ``steps.parquet`` (one row per step: episode id, task, instruction, grid point,
-can position, step index, image bytes, state, continuous action) and ``meta.json`` (image shape, action
-dimension, per-task episode counts, shortfalls per grid point, the action normalisation statistics). Everything
-is readable with pyarrow/pandas; images are raw ``uint8`` (H, W, 3) bytes.
+A dataset directory is a LeRobot v3.0 dataset (razor_robot.lerobot_format: meta/info.json, meta/stats.json,
+meta/tasks.parquet, meta/episodes/..., data/chunk-XXX/file-XXX.parquet), which lerobot's ``LeRobotDataset(repo_id,
+root=DIR)`` loads and which this package reads back exactly; the collection metadata (per-task episode counts,
+shortfalls per grid point, the action normalisation statistics) sits in info.json under ``razor_robot``. A
+foreign LeRobot v3.0 dataset reads too (its image, action and task strings).
 
-Actions are stored raw (as the demonstrator emitted them) and clipped to the env's [-1, 1] box (the env clips
-them anyway, and labels beyond the box would land in the edge bins). Token ids depend on the policy's
-vocabulary, so they are derived at training time from the stored normalised actions (see
-:meth:`DemoDataset.action_tokens`).
+The env actions are stored as the demonstrator sent them (``env_actions``, LeRobot's ``action``); the SFT labels
+(``actions``, ``action.label``) are clipped to the env's [-1, 1] box (the env clips them anyway, and labels
+beyond the box would land in the edge bins). A demonstrator's token ids depend on the policy's vocabulary and
+action statistics, so SFT bins the labels at training time (razor_robot.training.action_bins); episodes of a
+policy keep the tokens it sampled (``tokens``, ``action.tokens``), which are then the labels.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from razor_robot.lerobot_format import read_lerobot, write_lerobot
 from razor_robot.rollout import BatchPolicy, EpisodeRequest, Trajectory, rollout
-
-STEPS_FILE = "steps.parquet"
-META_FILE = "meta.json"
 
 
 @dataclass
@@ -72,16 +70,23 @@ class DemoDataset:
     tokens: np.ndarray | None = None
     """(N, D) int64 vocabulary ids the policy sampled, for episodes of a policy (oracle-sft, distill-sft): the
     SFT labels are then exactly these tokens, not the re-binned env actions. None for demonstrators."""
+    env_actions: np.ndarray | None = None
+    """(N, A) float32 env actions as sent (before clipping and label conversion); None when unknown."""
+    seeds: np.ndarray | None = None
+    """(N,) int64 reset seed of each step's episode; None when unknown."""
+    step_success: np.ndarray | None = None
+    """(N,) bool: the env's success flag after each step's action; None when unknown."""
 
     def __len__(self) -> int:
         return len(self.actions)
 
     def subset(self, mask: np.ndarray) -> "DemoDataset":
         idx = np.flatnonzero(mask)
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return DemoDataset(self.images[idx], self.states[idx], self.actions[idx],
                            [self.instructions[i] for i in idx], [self.tasks[i] for i in idx],
-                           self.episode_ids[idx], self.grid_index[idx], dict(self.meta),
-                           None if self.tokens is None else self.tokens[idx])
+                           self.episode_ids[idx], self.grid_index[idx], dict(self.meta), pick(self.tokens),
+                           pick(self.env_actions), pick(self.seeds), pick(self.step_success))
 
     def for_tasks(self, tasks: Sequence[str]) -> "DemoDataset":
         return self.subset(np.isin(np.asarray(self.tasks), list(tasks)))
@@ -94,13 +99,22 @@ class DemoDataset:
         if len({p.tokens is None for p in parts}) != 1:
             raise ValueError("cannot concatenate datasets with and without sampled tokens")
         offsets = np.cumsum([0] + [int(p.episode_ids.max()) + 1 for p in parts[:-1]])
+
+        def joined(name: str) -> np.ndarray | None:  # kept only when every part has it
+            arrays = [getattr(p, name) for p in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
         return DemoDataset(
             np.concatenate([p.images for p in parts]), np.concatenate([p.states for p in parts]),
             np.concatenate([p.actions for p in parts]), sum((p.instructions for p in parts), []),
             sum((p.tasks for p in parts), []),
             np.concatenate([p.episode_ids + o for p, o in zip(parts, offsets)]),
             np.concatenate([p.grid_index for p in parts]), dict(parts[0].meta),
-            None if parts[0].tokens is None else np.concatenate([p.tokens for p in parts]))
+            None if parts[0].tokens is None else np.concatenate([p.tokens for p in parts]),
+            joined("env_actions"), joined("seeds"), joined("step_success"))
+
+
+ENV_ACTION = "env_action"
+"""Trajectory.extras key of the env actions when ``actions`` were converted to labels (SimplerEnv's gripper)."""
 
 
 def trajectories_to_dataset(trajectories: Sequence[Trajectory], grid_index: Sequence[int] | None = None,
@@ -120,6 +134,9 @@ def trajectories_to_dataset(trajectories: Sequence[Trajectory], grid_index: Sequ
         episode_ids=np.repeat(np.arange(len(trajectories)) + first_episode_id, lengths).astype(np.int64),
         grid_index=np.repeat(np.asarray(grid_index, np.int64), lengths),
         tokens=np.concatenate([t.extras["tokens"] for t in trajectories]).astype(np.int64) if sampled else None,
+        env_actions=np.concatenate([t.extras.get(ENV_ACTION, t.actions) for t in trajectories]).astype(np.float32),
+        seeds=np.repeat(np.asarray([t.seed for t in trajectories], np.int64), lengths),
+        step_success=np.concatenate([np.asarray(t.step_success, bool) for t in trajectories]),
     )
 
 
@@ -175,66 +192,17 @@ class Collected(NamedTuple):
 
 
 def save_dataset(dataset: DemoDataset, directory: str | os.PathLike) -> Path:
-    """Write ``steps.parquet`` and ``meta.json`` atomically (temp files, then rename; meta last)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write a LeRobotDataset v3.0 directory, each file atomically, meta/info.json last."""
     n, h, w, c = dataset.images.shape
-    table = pa.table({
-        "episode_id": dataset.episode_ids,
-        "task": dataset.tasks,
-        "instruction": dataset.instructions,
-        "grid_index": dataset.grid_index,
-        "image": pa.array([img.tobytes() for img in dataset.images], type=pa.binary(h * w * c)),
-        "state": pa.array(list(dataset.states), type=pa.list_(pa.float32())),
-        "action": pa.array(list(dataset.actions), type=pa.list_(pa.float32())),
-    })
-    if dataset.tokens is not None:
-        table = table.append_column("tokens", pa.array(list(dataset.tokens), type=pa.list_(pa.int64())))
-    meta = dict(dataset.meta, image_shape=[h, w, c], action_dim=int(dataset.actions.shape[1]), n_steps=n,
-                n_episodes=int(len(np.unique(dataset.episode_ids))))
-    _atomic_write(directory / STEPS_FILE, lambda p: pq.write_table(table, p))
-    _atomic_write(directory / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
-    return directory
+    dataset.meta.update(image_shape=[h, w, c], action_dim=int(dataset.actions.shape[1]), n_steps=n,
+                        n_episodes=int(len(np.unique(dataset.episode_ids))))
+    return write_lerobot(dataset, directory)
 
 
 def load_dataset(directory: str | os.PathLike) -> DemoDataset:
-    import pyarrow.parquet as pq
-
-    directory = Path(directory)
-    if not (directory / META_FILE).exists() or not (directory / STEPS_FILE).exists():
-        raise FileNotFoundError(f"no dataset at {directory} (expected {STEPS_FILE} and {META_FILE})")
-    meta = json.loads((directory / META_FILE).read_text())
-    table = pq.read_table(directory / STEPS_FILE)
-    if table.num_rows == 0:
-        raise ValueError(f"empty dataset at {directory}")
-    h, w, c = meta["image_shape"]
-    images = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(-1, h, w, c).copy()
-    return DemoDataset(
-        images=images,
-        states=np.asarray(table.column("state").to_pylist(), np.float32),
-        actions=np.asarray(table.column("action").to_pylist(), np.float32),
-        instructions=table.column("instruction").to_pylist(),
-        tasks=table.column("task").to_pylist(),
-        episode_ids=table.column("episode_id").to_numpy().astype(np.int64),
-        grid_index=table.column("grid_index").to_numpy().astype(np.int64),
-        meta=meta,
-        tokens=np.asarray(table.column("tokens").to_pylist(), np.int64) if "tokens" in table.column_names
-        else None,
-    )
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Read a LeRobot v3.0 directory (FileNotFoundError where none is complete: no meta/info.json; the old
+    steps.parquet layout counts as none, so caches of it are collected again, never misread)."""
+    return read_lerobot(directory)
 
 
 def episodes_per_task(dataset: DemoDataset) -> dict[str, int]:

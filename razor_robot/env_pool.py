@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from razor_robot.envs.core import VIEWER_KEY as VIEWER
 from razor_robot.rollout import BatchPolicy, EpisodeRequest, Trajectory, lockstep_rollout, success_mode_of
 
 ENGINES = ("subprocess", "ray")
@@ -451,7 +452,7 @@ class EnvPool:
         images = np.stack([e.observation["image"] for e in batch])  # (N, H, W, 3)
         states = np.stack([e.observation["state"] for e in batch])  # (N, S)
         extra = {k: np.stack([e.observation[k] for e in batch]) for k in batch[0].observation
-                 if k not in ("image", "state")}  # e.g. SimplerEnv's native frame for RT-1
+                 if k not in ("image", "state", VIEWER)}  # e.g. SimplerEnv's native frame for RT-1
         output = policy(images, states, [e.instruction for e in batch], slots, **extra)
         actions, extras = output if isinstance(output, tuple) else (output, {})
         actions = np.asarray(actions, dtype=np.float32)  # (N, A)
@@ -459,6 +460,8 @@ class EnvPool:
         for i, (slot, episode) in enumerate(zip(slots, batch)):
             if keep_images:
                 episode.images.append(episode.observation["image"])
+                if VIEWER in episode.observation:  # the video camera's frame: kept, never the policy's input
+                    episode.extras.setdefault(VIEWER, []).append(episode.observation[VIEWER])
             episode.states.append(episode.observation["state"])
             episode.actions.append(actions[i])
             for key, value in extras.items():

@@ -90,6 +90,12 @@ class DemoSpec:
     """Extra keyword arguments for ``make_demonstrator``."""
     seed: int = 0
     """First collection seed."""
+    path: str | None = None
+    """A LeRobotDataset v3.0 directory to fine-tune SFT on instead of collecting demonstrations (the package's
+    own, or a foreign one: its image feature, an ``action`` of the policy's dimension, its task strings as the
+    instructions). None: collect with the demonstrator."""
+    image_key: str | None = None
+    """The image feature of ``path`` to train on; None: its first feature of dtype image."""
 
     def __post_init__(self):
         if self.grid_size < 1:
@@ -262,11 +268,23 @@ class ReportSpec:
     """What the sweep writes when it ends."""
 
     videos: bool = True
-    """Rollout MP4s of the best SFT and best RL checkpoints on the new task and a prior task."""
+    """Rollout MP4s of each method's best checkpoint on the new task and a prior task, and one side-by-side MP4
+    of SFT and RL at matched new-task success on the same episodes (``sft-vs-rl.mp4``)."""
     video_episodes: int = 4
     """Episodes per video."""
-    video_tile: int = 128
+    video_tile: int = 256
     """Pixel size of each episode's tile."""
+    video_camera: int = 256
+    """Meta-World: pixel size of the videos' own camera (``viewer_size``: another viewpoint, rendered beside the
+    policy's input, which stays as it is); 0 shows the policy's own frames (the simpler backend always does)."""
+
+    def __post_init__(self):
+        if self.video_episodes < 1:
+            raise ValueError(f"report.video_episodes must be >= 1, got {self.video_episodes}")
+        if self.video_tile < 16 or self.video_tile % 16:
+            raise ValueError(f"report.video_tile must be a multiple of 16, got {self.video_tile}")
+        if self.video_camera and not 16 <= self.video_camera <= 1024:
+            raise ValueError(f"report.video_camera must be 0 or in [16, 1024], got {self.video_camera}")
 
 
 @dataclass

@@ -29,12 +29,12 @@ This module needs numpy; fits need scipy (the `learn` extra). It never imports t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -95,15 +95,11 @@ def load_records(path: str | os.PathLike, *, scale: float = 1.0) -> list[dict[st
     """
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive number, got {scale!r}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+    from razor_robot.records import read_records
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"results file not found: {path}")
+    records = read_records(Path(path))  # strict JSON, non-finite numbers restored; one-line error if corrupt
     # Sweeps record failed runs as {"status": "failed", "reason": ...}: they hold no scores.
     records = [dict(r) for r in _check_records(r for r in records if r.get("status") != "failed")]
     for record in records:

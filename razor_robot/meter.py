@@ -15,7 +15,6 @@ pooled fit to ``OUT/meter_fit.json`` for later sweeps.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,9 @@ class ForgettingFit:
         return float(np.polyval(self.coeffs, kl))
 
     def to_json(self) -> str:
-        return json.dumps({"coeffs": list(self.coeffs), "distance_key": "kl", "runs": list(self.runs)}, indent=2)
+        from razor_robot.records import dumps_strict
+
+        return dumps_strict({"coeffs": list(self.coeffs), "distance_key": "kl", "runs": list(self.runs)}, indent=2)
 
 
 def fit_from_records(records: Sequence[dict[str, Any]]) -> ForgettingFit | None:
@@ -62,7 +63,9 @@ def load_fit(path: str | Path) -> ForgettingFit:
     if not path.is_file():
         raise FileNotFoundError(f"meter fit file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        from razor_robot.records import loads_strict
+
+        data = loads_strict(path.read_text())
         coeffs = tuple(float(c) for c in data["coeffs"])
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{path}: expected JSON {{\"coeffs\": [c2, c1, c0]}}") from None

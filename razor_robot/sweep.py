@@ -16,7 +16,6 @@ A run that raises (including a NaN loss) is recorded as failed with its reason a
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import traceback
 from pathlib import Path
@@ -28,8 +27,9 @@ from tqdm.auto import tqdm
 from razor_robot.config import load_yaml, to_dict
 from razor_robot.experiment import RunSpec, SweepConfig, expand_runs
 from razor_robot.bases import BASE_KEY
-from razor_robot.records import (RESULTS_FILE, append_records, atomic_write_text, completed_records,
-                                 finished_run_ids, read_records)
+from razor_robot.records import (
+    RESULTS_FILE, append_records, atomic_write_text, completed_records, dumps_strict, finished_run_ids, read_records,
+)
 from razor_robot.stages.base import base_checkpoint, base_evaluation
 from razor_robot.stages.demos import collect_demos, collect_policy_demos
 from razor_robot.stages.finetune import RunInputs, execute_run
@@ -52,6 +52,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     if len(bases) > 1:
         return _run_bases(bases, Path(out_dir), progress, log)
     require_backend(config.backend)
+    if config.demos.path and any(r.method == "sft" for r in runs):
+        from razor_robot.envs import task_spec
+        from razor_robot.lerobot_format import check_training_data
+
+        check_training_data(config.demos.path, action_dim=task_spec(config.eval.new_task, config.backend).action_dim,
+                            image_key=config.demos.image_key)
     if "ray" in (config.engine, config.rollout_engine):
         require_ray()
     meter_file_fit = None
@@ -72,7 +78,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     inputs = None
     if main:  # base, its evaluation and the SFT/oracle data: once, on the main process
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        (out / "config.json").write_text(dumps_strict(to_dict(config), indent=2))
         inputs = _prepare(config, runs, out, results, progress, log, base_label or _base_reference(config))
         done = finished_run_ids(read_records(results))
         log(f"runs: {len(runs)} in the sweep, {sum(r.run_id in done for r in runs)} already done, "
@@ -131,6 +137,17 @@ def _tagged(records: list[dict[str, Any]], base_id: str) -> list[dict[str, Any]]
     return [{**record, BASE_KEY: base_id} for record in records]
 
 
+def import_demos(path: str, image_key: str | None, directory: Path) -> Path:
+    """A LeRobot dataset as the SFT arm's data: the package's own directory is used as it is; a foreign one (or
+    another camera of it) is read once and written in the package's layout, so training reads one layout."""
+    from razor_robot.data import save_dataset
+    from razor_robot.lerobot_format import read_info, read_lerobot
+
+    if image_key in (None, "observation.image") and read_info(Path(path)).get("razor_robot"):
+        return Path(path)
+    return save_dataset(read_lerobot(path, image_key=image_key), directory)  # cheap: rewritten on every resume
+
+
 def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path, progress: bool,
              log: Callable[[str], None], base_id: str) -> RunInputs:
     """Stages 1-2: base policy, its evaluation and record, the SFT and oracle-sft datasets."""
@@ -149,7 +166,9 @@ def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path,
             f"({time.perf_counter() - start:.0f} s); evaluation: {config.eval.plan()[2]}")
         datasets: dict[str, str] = {}
         missing: dict[str, str] = {}
-        if "sft" in methods:
+        if "sft" in methods and config.demos.path:
+            datasets["sft"] = str(import_demos(config.demos.path, config.demos.image_key, out / "sft-demos"))
+        elif "sft" in methods:
             grid, _ = config.positions()
             _, directory = collect_demos(config, config.eval.new_task, grid, config.demos.episodes_per_point,
                                          config.demos.seed, pool, progress=progress)

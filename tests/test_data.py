@@ -8,7 +8,7 @@ import pytest
 
 from fake_envs import make_reach_env
 from razor_robot.data import (
-    META_FILE, STEPS_FILE, CollectionPlan, DemoDataset, collect, episodes_per_task, load_dataset, save_dataset,
+    CollectionPlan, DemoDataset, collect, episodes_per_task, load_dataset, save_dataset,
     trajectories_to_dataset,
 )
 from razor_robot.env_pool import EnvPool
@@ -32,28 +32,96 @@ def _dataset(n_steps=(3, 2), task="pick-can", seed=0) -> DemoDataset:
 
 def test_save_load_round_trip_is_exact(tmp_path):
     dataset = _dataset()
+    dataset.env_actions = dataset.actions * 3  # the env action as sent, beside the clipped label
+    dataset.seeds = np.array([11, 11, 11, 12, 12])
+    dataset.step_success = np.array([False, False, True, False, True])
     out = save_dataset(dataset, tmp_path / "demos")
-    assert sorted(p.name for p in out.iterdir()) == [META_FILE, STEPS_FILE]  # no temp files left behind
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet",
+                     "meta/info.json", "meta/stats.json", "meta/tasks.parquet"]  # no temp files left behind
     loaded = load_dataset(out)
-    np.testing.assert_array_equal(loaded.images, dataset.images)
-    np.testing.assert_array_equal(loaded.states, dataset.states)
-    np.testing.assert_array_equal(loaded.actions, dataset.actions)
-    np.testing.assert_array_equal(loaded.episode_ids, dataset.episode_ids)
+    for name in ("images", "states", "actions", "episode_ids", "env_actions", "seeds", "step_success"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(dataset, name), err_msg=name)
+        assert getattr(loaded, name).dtype == getattr(dataset, name).dtype, name
     np.testing.assert_array_equal(loaded.grid_index, [4, 4, 4, -1, -1])
-    assert loaded.images.dtype == np.uint8 and loaded.actions.dtype == np.float32
-    assert loaded.episode_ids.dtype == np.int64 and loaded.grid_index.dtype == np.int64
+    assert loaded.grid_index.dtype == np.int64 and loaded.tokens is None
     assert loaded.instructions == ["instr 0"] * 3 + ["instr 1"] * 2 and loaded.tasks == ["pick-can"] * 5
     assert loaded.meta == dict(dataset.meta, image_shape=[6, 5, 3], action_dim=2, n_steps=5, n_episodes=2)
-    assert json.loads((out / META_FILE).read_text())["n_episodes"] == 2
+    assert json.loads((out / "meta/info.json").read_text())["razor_robot"]["meta"]["n_episodes"] == 2
+
+
+def test_lerobot_v3_layout_as_lerobot_defines_it(tmp_path):
+    import pyarrow.parquet as pq
+
+    dataset = _dataset()
+    dataset.step_success = np.array([False, True, True, False, True])
+    dataset.tokens = np.arange(10, dtype=np.int64).reshape(5, 2) + 1000
+    out = save_dataset(dataset, tmp_path / "demos")
+    info = json.loads((out / "meta/info.json").read_text())
+    assert (info["codebase_version"], info["fps"], info["total_episodes"], info["total_frames"],
+            info["total_tasks"], info["chunks_size"]) == ("v3.0", 20, 2, 5, 2, 1000)
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert info["video_path"] is None and info["splits"] == {"train": "0:2"}
+    features = info["features"]
+    assert features["observation.image"] == {"dtype": "image", "shape": [6, 5, 3],
+                                             "names": ["height", "width", "channels"]}
+    assert features["action"]["shape"] == features["action.label"]["shape"] == [2]
+    assert features["action.tokens"] == {"dtype": "int64", "shape": [2], "names": None}
+    assert features["next.done"]["dtype"] == "bool" and features["episode.seed"]["dtype"] == "int64"
+    data = pq.read_table(out / "data/chunk-000/file-000.parquet").to_pydict()
+    assert set(data) == set(features)
+    assert data["episode_index"] == [0, 0, 0, 1, 1] and data["frame_index"] == [0, 1, 2, 0, 1]
+    assert data["index"] == [0, 1, 2, 3, 4] and data["task_index"] == [0, 0, 0, 1, 1]
+    assert data["timestamp"] == [0.0, 0.05, 0.1, 0.0, 0.05] or np.allclose(data["timestamp"], [0, .05, .1, 0, .05])
+    assert data["next.done"] == [False, False, True, False, True]
+    assert data["next.reward"] == [0.0, 1.0, 1.0, 0.0, 1.0] and data["next.success"] == [False, True, True, False, True]
+    assert data["action.tokens"][1] == [1002, 1003]
+    episodes = pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [(e["episode_index"], e["tasks"], e["length"], e["dataset_from_index"], e["dataset_to_index"],
+             e["data/chunk_index"], e["data/file_index"]) for e in episodes] == [
+        (0, ["instr 0"], 3, 0, 3, 0, 0), (1, ["instr 1"], 2, 3, 5, 0, 0)]
+    tasks = pq.read_table(out / "meta/tasks.parquet")
+    assert tasks.column("task").to_pylist() == ["instr 0", "instr 1"] and tasks.column("task_index").to_pylist() == [0, 1]
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    stats = json.loads((out / "meta/stats.json").read_text())
+    expected = dataset.images.reshape(-1, 3).astype(np.float64).mean(0) / 255
+    np.testing.assert_allclose(np.asarray(stats["observation.image"]["mean"]).reshape(3), expected, rtol=1e-12)
+    assert stats["action"]["max"] == dataset.actions.max(0).astype(np.float64).tolist()
+    assert stats["next.reward"]["count"] == [5]
+
+
+def test_data_files_split_between_episodes_at_the_size_limit(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import razor_robot.lerobot_format as lf
+
+    monkeypatch.setattr(lf, "DATA_FILES_SIZE_IN_MB", 1e-9)  # every episode passes it: one file each
+    dataset = _dataset((2, 2, 1))
+    out = save_dataset(dataset, tmp_path / "demos")
+    assert sorted(p.name for p in (out / "data/chunk-000").iterdir()) == [
+        "file-000.parquet", "file-001.parquet", "file-002.parquet"]
+    episodes = pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pydict()
+    assert episodes["data/file_index"] == [0, 1, 2] and episodes["dataset_from_index"] == [0, 2, 4]
+    np.testing.assert_array_equal(load_dataset(out).images, dataset.images)
+
+
+def test_an_old_layout_is_not_misread_and_a_rewrite_replaces_it(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "steps.parquet").write_bytes(b"PAR1")
+    (old / "meta.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="pre-LeRobot layout"):
+        load_dataset(old)
+    save_dataset(_dataset(), old)  # what a cache miss does: collect again, write over it
+    assert not (old / "steps.parquet").exists() and len(load_dataset(old)) == 5
 
 
 def test_load_missing_and_empty(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no dataset at"):
+    with pytest.raises(FileNotFoundError, match="no LeRobot dataset at"):
         load_dataset(tmp_path / "nowhere")
     empty = _dataset().subset(np.zeros(5, bool))
-    save_dataset(empty, tmp_path / "empty")
     with pytest.raises(ValueError, match="empty dataset"):
-        load_dataset(tmp_path / "empty")
+        save_dataset(empty, tmp_path / "empty")
     with pytest.raises(ValueError, match="empty dataset"):
         trajectories_to_dataset([])
     with pytest.raises(ValueError, match="empty dataset"):

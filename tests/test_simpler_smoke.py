@@ -37,7 +37,7 @@ def test_smoke_sweep_on_the_real_simulator(tmp_path):
         if record["method"] != "base":
             assert record["kl/forward"] >= 0 and "pred/weight_l1" in record and "forgetting/ci95" in record
     # The SFT labels are in OpenVLA's fractal convention: 7-D, absolute gripper (1 open, 0 closed).
-    demos = [p.parent for p in (tmp_path / "cache").glob("demos-pick-can-*/meta.json")]
+    demos = [p.parent.parent for p in (tmp_path / "cache").glob("demos-pick-can-*/meta/info.json")]
     labels = np.concatenate([load_dataset(d).actions for d in demos])
     assert labels.shape[1] == 7 and set(np.unique(labels[:, 6])) <= {0.0, 1.0}
     assert (out / "summary.txt").read_text().startswith("verdict: ")

@@ -34,7 +34,7 @@ MINI = {
     "rl": {"config": {"optim": {"batch_size": 64}, "iterations": 2, "rollouts_per_point": 1, "checkpoints": 1},
            "grid": {"optim.learning_rate": [1e-4]}},
     "wandb": {"mode": "disabled"},
-    "report": {"videos": True, "video_episodes": 1, "video_tile": 64},
+    "report": {"videos": True, "video_episodes": 1, "video_tile": 64, "video_camera": 64},
     "meter": {"every": 1, "observations": 8},
     "predictors": {"probe_observations": 8},
 }
@@ -99,7 +99,7 @@ def test_mini_sweep_writes_records_plots_videos_and_resumes(tmp_path, cache_dir)
     sft_steps = [r["step"] for r in runs if r["method"] == "sft"]
     assert len(sft_steps) == 4 and all(s > 0 for s in sft_steps)
     for name in ("frontier.png", "kl_forgetting.png", "summary.txt", "best-sft-pick-can.mp4",
-                 "best-rl-open-drawer.mp4"):
+                 "best-rl-open-drawer.mp4", "sft-vs-rl.mp4"):
         assert (out / name).stat().st_size > 0, name
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("verdict: ") and "sft" in summary and "meter:" in summary
@@ -159,7 +159,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, mo
     def flaky(config, run, *args, **kwargs):
         if run.method == "sft" and run.hparams["optim.learning_rate"] == 3e-4:
             raise NonFiniteLossError("non-finite loss nan at step 3")
-        return real(config, run, *args, **kwargs)
+        records = real(config, run, *args, **kwargs)
+        if run.method == "rl":  # a NaN metric: written as null with its reason, strict JSON all the same
+            records[0]["seconds"] = float("nan")
+        return records
 
     monkeypatch.setattr(sweep, "execute_run", flaky)
     config = write_config(tmp_path, cache_dir, report={"videos": False})
@@ -169,6 +172,16 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, mo
     assert len(failed) == 1 and failed[0]["reason"] == "NonFiniteLossError: non-finite loss nan at step 3"
     assert len({r["run_id"] for r in checkpoint_records(records)}) == EXPECTED_RUNS - 1
     assert "failed run" in (tmp_path / "out" / "summary.txt").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"bare {constant}")
+
+    # Every line is strict JSON (jq, pandas, browsers): json.loads refusing NaN/Infinity passes.
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    strict = [json.loads(line, parse_constant=refuse) for line in lines if line.strip()]
+    nulled = [r for r in strict if r.get("method") == "rl" and r.get("null_reasons")]
+    assert len(nulled) == 1 and nulled[0]["seconds"] is None and nulled[0]["null_reasons"] == {"/seconds": "NaN"}
+    assert [r for r in records if r.get("method") == "rl" and r["seconds"] != r["seconds"]]  # read back as NaN
 
 
 def test_lora_run_saves_adapters_and_measures_the_distance_to_the_base(tmp_path, cache_dir):
@@ -200,7 +213,7 @@ def test_oracle_and_distill_runs_train_on_policy_episodes_or_fail_with_the_reaso
             from razor_robot.data import load_dataset
 
             directory = out / ("oracle-demos" if method == "oracle-sft" else "distill-demos")
-            datasets = [p.parent for p in directory.rglob("meta.json")]
+            datasets = [p.parent.parent for p in directory.rglob("meta/info.json")]  # LeRobot v3.0 roots
             assert len(datasets) == 1 and load_dataset(datasets[0]).tokens is not None
             assert all(r["forgetting/ci95"] for r in own)
 

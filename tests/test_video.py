@@ -40,3 +40,22 @@ def test_video_needs_images_and_valid_tile(tmp_path):
         render_video_frames(trajectories)
     with pytest.raises(ValueError, match="multiple of 16"):
         write_rollout_video(trajectories, tmp_path / "x.mp4", tile_size=30)
+
+
+def test_comparison_frames_put_checkpoints_side_by_side_with_captions_and_outcome_borders():
+    from razor_robot.video import render_comparison_frames
+
+    requests = [EpisodeRequest("pick-can", seed=s, object_xy=(x, 0.0)) for s, x in enumerate([0.5, -0.5])]
+    wins = rollout(requests, right, env_factory=make_reach_env, progress=False)
+    left = lambda images, states, instructions, slots: -right(images, states, instructions, slots)  # noqa: E731
+    losses = rollout(requests, left, env_factory=make_reach_env, progress=False)
+    frames = render_comparison_frames([(["A", "rate a"], wins), (["B", "rate b"], losses)], tile_size=32,
+                                      hold_last=1)
+    assert len(frames) == 5 + 1 and frames[0].shape == (32 + 2 * 32, 2 * 32, 3)  # band 28 px -> 32
+    assert frames[0][:26].any() and not frames[0][27:32].any()  # two caption lines (2 + 2 x 12 px), black below
+    last = frames[-1]
+    assert [w.success for w in wins] == [True, False] and [x.success for x in losses] == [False, True]
+    assert tuple(last[32 + 16, 0]) == SUCCESS_COLOUR and tuple(last[64 + 16, 0]) == FAILURE_COLOUR
+    assert tuple(last[32 + 16, 32]) == FAILURE_COLOUR and tuple(last[64 + 16, 32]) == SUCCESS_COLOUR
+    with pytest.raises(ValueError, match="same episodes"):
+        render_comparison_frames([(["A"], wins), (["B"], losses[:1])])

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -27,7 +26,7 @@ from razor_robot.policies.builtin import is_builtin, read_card, resolve_builtin
 from razor_robot.env_pool import EnvPool
 from razor_robot.evaluation import evaluate_policy, kl_observations
 from razor_robot.experiment import SweepConfig
-from razor_robot.records import atomic_save_npz, atomic_write_text
+from razor_robot.records import atomic_save_npz, atomic_write_text, dumps_strict, loads_strict
 from razor_robot.stages.demos import collect_demos
 from razor_robot.stages.load import adapter_factory_for, load_for_training
 
@@ -48,7 +47,7 @@ class BaseArtifacts:
     """safetensors of the base's diagonal Fisher on the probes (None when off)."""
 
     def scores(self) -> dict[str, Any]:
-        return json.loads(Path(self.eval_path).read_text())
+        return loads_strict(Path(self.eval_path).read_text())
 
 
 def recipe(config: SweepConfig) -> dict[str, Any]:
@@ -169,14 +168,14 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
             save_fisher(tmp, fisher)
             os.replace(tmp, artifacts.fisher)
     # Written last and naming its checkpoint: the cached sets are reused only for the same base.
-    atomic_write_text(Path(artifacts.eval_path), json.dumps({**scores, "checkpoint": str(base_dir)}))
+    atomic_write_text(Path(artifacts.eval_path), dumps_strict({**scores, "checkpoint": str(base_dir)}))
     return artifacts
 
 
 def _evaluated(eval_path: str) -> str | None:
     """The checkpoint a cached base evaluation was made of (None for an older file without it)."""
     try:
-        return json.loads(Path(eval_path).read_text()).get("checkpoint")
+        return loads_strict(Path(eval_path).read_text()).get("checkpoint")
     except (OSError, ValueError):
         return None
 
@@ -215,7 +214,7 @@ def ship_base(config: SweepConfig, base_dir: Path, scores: dict[str, Any], name:
     tmp = target.with_name(f".{name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(base_dir, tmp)
-    (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    (tmp / CARD_FILE).write_text(dumps_strict(card, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target

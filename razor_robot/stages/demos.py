@@ -44,9 +44,11 @@ def as_policy_labels(trajectories: list[Any], backend: str) -> list[Any]:
     """
     if backend != "simpler":
         return trajectories
+    from razor_robot.data import ENV_ACTION
     from razor_robot.policies.adapters import env_actions_to_openvla_labels
 
-    for t in trajectories:
+    for t in trajectories:  # the dataset keeps both: `action` (env) and `action.label` (the policy's convention)
+        t.extras[ENV_ACTION] = t.actions
         t.actions = env_actions_to_openvla_labels(t.actions).astype(np.float32)
     return trajectories
 

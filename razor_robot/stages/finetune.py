@@ -10,7 +10,6 @@ FSDP the other processes need not hold the unsharded policy, and no collective w
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -22,6 +21,7 @@ import numpy as np
 
 from razor_robot.config import to_dict
 from razor_robot.experiment import RunSpec, SweepConfig
+from razor_robot.records import dumps_strict
 from razor_robot.stages.base import BaseArtifacts
 from razor_robot.stages.load import adapter_factory_for, load_for_training, resolve_device
 
@@ -71,7 +71,7 @@ class RunLogger:
 
     def _append(self, metrics: dict[str, Any]) -> None:
         with open(self._file, "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
+            handle.write(dumps_strict(metrics) + "\n")
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         self._append({"step": step, **metrics})

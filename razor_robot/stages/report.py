@@ -15,7 +15,7 @@ from razor_robot.meter import fit_from_records, meter_summary
 from razor_robot.records import atomic_write_text, completed_records, read_records
 from razor_robot.rollout import EpisodeRequest
 from razor_robot.stages.load import adapter_factory_for, load_for_training
-from razor_robot.video import write_rollout_video
+from razor_robot.video import write_comparison_video, write_rollout_video
 
 
 def best_checkpoint(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
@@ -24,31 +24,68 @@ def best_checkpoint(records: list[dict[str, Any]], method: str) -> dict[str, Any
     return max(own, key=lambda r: (r["new_task"], r["prior_task"])) if own else None
 
 
+def matched_pair(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The SFT and RL checkpoints closest in new-task success (ties: the higher success), or None."""
+    sft = [r for r in records if r["method"] == "sft"]
+    rl = [r for r in records if r["method"] == "rl"]
+    if not sft or not rl:
+        return None
+    return min(((s, r) for s in sft for r in rl),
+               key=lambda pair: (abs(pair[0]["new_task"] - pair[1]["new_task"]),
+                                 -(pair[0]["new_task"] + pair[1]["new_task"])))
+
+
+def _rate(record: dict[str, Any], key: str, name: str) -> str:
+    if f"{key}/ci95" not in record:
+        return f"{name} {record[key]:.1f}%"
+    lo, hi = record[f"{key}/ci95"]
+    return (f"{name} {record[key]:.1f}% ({record[f'{key}/successes']}/{record[f'{key}/n']}, "
+            f"95% CI {lo:.1f}-{hi:.1f})")
+
+
+def caption(record: dict[str, Any], config: SweepConfig) -> list[str]:
+    """A checkpoint's caption: its run and step, its evaluated rates with episode counts and 95% intervals."""
+    return [f"{record['method']}: {record['run_id']} step {record['step']}",
+            _rate(record, "new_task", config.eval.new_task), _rate(record, "prior_task", "prior")]
+
+
 def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Path, *,
                  progress: bool = True) -> list[Path]:
-    """MP4s of each method's best checkpoint on the new task and the first prior task."""
+    """MP4s of each method's best checkpoint on the new task and the first prior task, and ``sft-vs-rl.mp4``:
+    SFT and RL at matched new-task success side by side on the same new-task episodes."""
     _, positions = config.positions()
     episodes = config.report.video_episodes
     tasks = [config.eval.new_task] + list(config.eval.prior_tasks[:1])
+    camera = ({"viewer_size": config.report.video_camera}
+              if config.report.video_camera and config.backend == "metaworld" else None)
+    spec = dataclasses.replace(config.inference_policy(), lora=None)
+
+    def requests(task: str) -> list[EpisodeRequest]:
+        return [EpisodeRequest(task, config.eval.episode_seed + i, tuple(map(float, positions[i % len(positions)]))
+                               if task == config.eval.new_task else None, env_options=camera)
+                for i in range(episodes)]
+
+    def episodes_of(record: dict[str, Any], task: str, pool: Any) -> list[Any]:
+        actor = VLAActor(load_for_training(record["checkpoint"], spec), unnorm_key=config.unnorm_key,
+                         temperature=config.eval.temperature, adapter_factory=adapter_factory_for(config.backend))
+        return pool.rollout(requests(task), actor, progress=False)
+
     written = []
+    tile = config.report.video_tile
     with config.env_pool() as pool:
         for method in METHODS:
             best = best_checkpoint(records, method)
             if best is None:
                 continue
-            spec = dataclasses.replace(config.inference_policy(), lora=None)
-            policy = load_for_training(best["checkpoint"], spec)
-            actor = VLAActor(policy, unnorm_key=config.unnorm_key, temperature=config.eval.temperature,
-                             adapter_factory=adapter_factory_for(config.backend))
             for task in tasks:
-                requests = [EpisodeRequest(task, config.eval.episode_seed + i,
-                                           tuple(map(float, positions[i % len(positions)]))
-                                           if task == config.eval.new_task else None) for i in range(episodes)]
-                trajectories = pool.rollout(requests, actor, progress=False)
+                trajectories = episodes_of(best, task, pool)
                 label = f"{method} {task}"
-                path = write_rollout_video(trajectories, out_dir / f"best-{method}-{task}.mp4",
-                                           tile_size=config.report.video_tile, labels=[label] * len(trajectories))
-                written.append(path)
+                written.append(write_rollout_video(trajectories, out_dir / f"best-{method}-{task}.mp4",
+                                                   tile_size=tile, labels=[label] * len(trajectories)))
+        pair = matched_pair(records)
+        if pair is not None:
+            columns = [(caption(r, config), episodes_of(r, config.eval.new_task, pool)) for r in pair]
+            written.append(write_comparison_video(columns, out_dir / "sft-vs-rl.mp4", tile_size=tile))
     return written
 
 
