@@ -51,9 +51,9 @@ class RunLogger:
         self._file.parent.mkdir(parents=True, exist_ok=True)
         self._file.write_text("")  # a restarted run starts its log afresh
         # The run's whole config beside its log, so a log can be read without the sweep config.
-        (self._file.parent / "config.json").write_text(json.dumps(
+        (self._file.parent / "config.json").write_text(dumps_strict(
             {"method": run.method, "seed": run.seed, "hparams": run.hparams, "config": to_dict(run.config)},
-            indent=2, default=str))
+            indent=2))
         if config.wandb.mode == "disabled":
             return
         try:
