@@ -61,6 +61,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     config = _load_config(args.config, overrides)
     out = Path(args.out or Path("runs") / config.name)
     results = run_sweep(config, out, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch` the main process alone writes the report
+        return
     write_report(config, results, out, progress=not args.no_progress)
     print(ROLLOUT_TOTALS.line())
 

@@ -61,18 +61,17 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     out = Path(out_dir)
     results = out / RESULTS_FILE
     start = time.perf_counter()
-    inputs = None
-    if main:  # base, its evaluation and the SFT/oracle data: once, on the main process
+
+    def prepare() -> RunInputs:  # base, its evaluation and the SFT/oracle data: once, on the main process
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-        inputs = _prepare(config, runs, out, results, progress, log)
+        prepared = _prepare(config, runs, out, results, progress, log)
         done = finished_run_ids(read_records(results))
         log(f"runs: {len(runs)} in the sweep, {sum(r.run_id in done for r in runs)} already done, "
             f"{sum(r.run_id not in done for r in runs)} to run")
-    if accelerator is not None:
-        from razor_robot.distributed import broadcast_object
+        return prepared
 
-        inputs = broadcast_object(accelerator, inputs)
+    inputs = _on_main(accelerator, "the base stage and the demonstrations", prepare)
 
     def fit_now() -> Any:  # the meter forecasts from the runs finished so far (or a given fit file)
         if meter_file_fit is not None or not main:
@@ -85,16 +84,22 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     _run_all(config, first, inputs, results, progress, accelerator, fit_now)
     distill = [r for r in runs if r.method == "distill-sft"]
     if distill:
-        if main:
-            inputs = _distill_data(config, inputs, out, results, progress, log)
-        if accelerator is not None:
-            from razor_robot.distributed import broadcast_object
-
-            inputs = broadcast_object(accelerator, inputs)
+        inputs = _on_main(accelerator, "distill-sft's episodes",
+                          lambda: _distill_data(config, inputs, out, results, progress, log))
         _run_all(config, distill, inputs, results, progress, accelerator, fit_now)
     if main:
         log(f"sweep finished in {time.perf_counter() - start:.0f} s -> {results}")
     return results
+
+
+def _on_main(accelerator: Any, what: str, work: Callable[[], Any]) -> Any:
+    """``work()`` on the main process only, its value on every process (razor_robot.distributed.run_on_main:
+    the others wait outside any collective, however long the simulation takes)."""
+    if accelerator is None:
+        return work()
+    from razor_robot.distributed import run_on_main
+
+    return run_on_main(accelerator, what, work)
 
 
 def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path, progress: bool,
