@@ -1,4 +1,4 @@
-"""``razor-robot``: pretrain, collect, train, eval, sweep, frontier, video.
+"""``razor-robot``: plan, pretrain, collect, train, eval, sweep, frontier, video.
 
 Every sub-command validates its input first and reports bad input as one line (exit code 2); set
 RAZOR_ROBOT_DEBUG=1 for the traceback.
@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import yaml
 
 EXAMPLES = """examples:
+  razor-robot plan configs/paper_simpler_openvla.yaml
   razor-robot sweep configs/quickstart.yaml --out runs/quickstart
   razor-robot frontier runs/quickstart/results.jsonl --out runs/quickstart
   razor-robot video --task pick-can --policy scripted --episodes 4 --out pick-can.mp4
@@ -157,6 +158,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from razor_robot.plan import PlanAssumptions, plan_text
+
+    assume = PlanAssumptions(tflops=args.tflops, processes=args.gpus, demonstrator_success=args.demonstrator_success)
+    print(plan_text(_load_config(args.config, args.set), assume))
+
+
 def cmd_frontier(args: argparse.Namespace) -> None:
     from razor_robot.summary import frontier_report
 
@@ -244,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pretrain", "Build (or reuse from cache) the base policy and report its new- and prior-task "
             "success.", cmd_pretrain)
     p.add_argument("--out", help="where the base evaluation is cached (default runs/<config name>)")
+
+    p = add("plan", "Before any work: runs, episodes per stage, optimiser steps, checkpoints and disk, memory "
+            "per process and GPU-hours of a sweep (no simulator, no weights).", cmd_plan)
+    p.add_argument("--tflops", type=float, default=400.0, help="sustained bf16 TFLOP/s per GPU (default 400)")
+    p.add_argument("--gpus", type=int, help="processes sharing training (default: 8 under ddp/fsdp, else 1)")
+    p.add_argument("--demonstrator-success", type=float, default=1.0,
+                   help="fraction of demonstrator attempts that succeed (default 1)")
 
     p = add("collect", "Collect K successful demonstrations per training-grid point into a Parquet dataset.",
             cmd_collect)

@@ -153,10 +153,14 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
     checkpoints: list[tuple[int, float, Path, float]] = []
     start = time.perf_counter()
 
+    save_dtype = getattr(torch, config.checkpoint_dtype())
+
     def on_checkpoint(step: int, fraction: float, model: Any) -> None:
         directory = out / "runs" / run.run_id / f"step-{step:06d}"
         state = gather_state_dict(accelerator, model) if distributed else None
         if accelerator.is_main_process:
+            state = {k: v.to(save_dtype) if v.is_floating_point() else v
+                     for k, v in (state or policy.state_dict()).items()}
             policy.save_pretrained(directory, state_dict=state)
         checkpoints.append((step, fraction, directory, time.perf_counter() - start))
 
@@ -182,4 +186,21 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
             config, run, checkpoints, inputs, pool, logger, progress))
     if logger is not None:
         logger.finish()
-    return records if accelerator.is_main_process else []
+    if not accelerator.is_main_process:
+        return []
+    if config.checkpoints.keep == "best":
+        prune_checkpoints(records, run.method)
+    return records
+
+
+def prune_checkpoints(records: list[dict[str, Any]], method: str) -> None:
+    """Delete the weights of every checkpoint of a run but its best (``checkpoints.keep: best``); the records and
+    the checkpoints' config files stay. The report and distill-sft use only each method's best checkpoint, which
+    is the best of some run."""
+    from razor_robot.stages.report import best_checkpoint
+
+    best = best_checkpoint(records, method)
+    for record in records:
+        if best is not None and record["checkpoint"] != best["checkpoint"]:
+            for weights in Path(record["checkpoint"]).glob("model*.safetensors*"):
+                weights.unlink()
