@@ -84,7 +84,7 @@ def test_bad_sweep_configs_fail_before_work(data, message):
 
 
 @pytest.mark.parametrize("name, sft_runs, rl_runs", [
-    ("quickstart", 2, 1), ("cpu_full", 21, 7), ("paper_simpler_openvla", 21, 7), ("simpler_cpu_smoke", 1, 1)])
+    ("quickstart", 2, 1), ("cpu_full", 21, 7), ("paper_simpler_openvla", 21, 21), ("simpler_cpu_smoke", 1, 1)])
 def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
     from pathlib import Path
 
@@ -101,3 +101,5 @@ def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
         assert config.eval.new_task_positions == 100 and config.rl.config["rollouts_per_point"] == 5
         assert sorted({r.config.optim.learning_rate for r in runs}) == [1e-6, 3e-6, 5e-6, 7e-6, 9e-6, 1e-5, 3e-5]
         assert sorted({r.config.optim.batch_size for r in runs if r.method == "sft"}) == [16, 32, 64]
+        # "RL used the same training config as SFT": its batch sizes too (the README's RL batch choice)
+        assert sorted({r.config.optim.batch_size for r in runs if r.method == "rl"}) == [16, 32, 64]
