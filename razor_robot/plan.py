@@ -210,6 +210,28 @@ def memory_lines(config: SweepConfig, shape: PolicyShape, processes: int) -> lis
     """Host and GPU memory of the policy per process in training, and of evaluation on the main process."""
     from razor_robot.stages.load import resolve_device
 
+    m = memory_estimate(config, shape, processes)
+    master = resolve_device(config.policy)[1]
+    inference = resolve_device(config.inference_policy())[1]
+    return [
+        f"GPU per process (training, {processes} process{'es' if processes > 1 else ''}, "
+        f"{config.distributed.strategy}): {_gib(m['gpu'])} = weights {_gib(m['weights'])} + gradients and AdamW "
+        f"{_gib(m['states'])} + gathered FSDP units {_gib(m['gathered'])} + activations {_gib(m['activations'])} "
+        f"(micro-batch {m['micro']:.0f} x {m['tokens']:.0f} tokens) + logits {_gib(m['logits'])} + RL rollout copy "
+        f"{_gib(m['rollout'])}",
+        f"host, main process: {_gib(m['host_main'])} (the {master} weights it loads"
+        f"{' and the full state dict it gathers to save a checkpoint' if processes > 1 else ''}); "
+        f"other processes: {_gib(0)} of weights (built on meta, filled from the main process)",
+        f"GPU, main process, evaluation: {_gib(m['evaluation'])} (the checkpoint and the base for the KL, "
+        f"{inference})",
+    ]
+
+
+def memory_estimate(config: SweepConfig, shape: PolicyShape, processes: int,
+                    micro: int | None = None) -> dict[str, float]:
+    """The figures of :func:`memory_lines`, in bytes (``micro``: the micro-batch; None: the config's largest)."""
+    from razor_robot.stages.load import resolve_device
+
     _, master = resolve_device(config.policy)
     master_bytes = BYTES[master]
     compute_bytes = 2 if config.distributed.mixed_precision == "bf16" or master == "bfloat16" else master_bytes
@@ -218,7 +240,7 @@ def memory_lines(config: SweepConfig, shape: PolicyShape, processes: int) -> lis
     weights = shape.parameters * master_bytes / shard
     states = shape.trainable * master_bytes * 3 / shard  # gradient + AdamW's two moments, in the parameters' dtype
     gathered = 2 * shape.largest_unit * compute_bytes if fsdp else 0  # one unit in use, the next prefetched
-    micro = _micro_batch(config)
+    micro = micro or _micro_batch(config)
     tokens = shape.prompt_tokens + shape.action_dim
     if config.policy.gradient_checkpointing:  # each layer's input kept, one layer's activations recomputed
         activations = micro * tokens * (shape.layers * shape.hidden + 8 * shape.hidden + 3 * shape.intermediate) * compute_bytes
@@ -229,17 +251,9 @@ def memory_lines(config: SweepConfig, shape: PolicyShape, processes: int) -> lis
     gpu = weights + states + gathered + activations + logits + rollout
     host_main = shape.parameters * master_bytes * (2 if processes > 1 else 1)  # the loaded copy; + the gathered one
     inference = BYTES[resolve_device(config.inference_policy())[1]]
-    return [
-        f"GPU per process (training, {processes} process{'es' if processes > 1 else ''}, "
-        f"{config.distributed.strategy}): {_gib(gpu)} = weights {_gib(weights)} + gradients and AdamW "
-        f"{_gib(states)} + gathered FSDP units {_gib(gathered)} + activations {_gib(activations)} (micro-batch "
-        f"{micro} x {tokens} tokens) + logits {_gib(logits)} + RL rollout copy {_gib(rollout)}",
-        f"host, main process: {_gib(host_main)} (the {master} weights it loads"
-        f"{' and the full state dict it gathers to save a checkpoint' if processes > 1 else ''}); "
-        f"other processes: {_gib(0)} of weights (built on meta, filled from the main process)",
-        f"GPU, main process, evaluation: {_gib(2 * shape.parameters * inference)} (the checkpoint and the base "
-        f"for the KL, {resolve_device(config.inference_policy())[1]})",
-    ]
+    return dict(gpu=gpu, weights=weights, states=states, gathered=gathered, activations=activations, logits=logits,
+                rollout=rollout, micro=micro, tokens=tokens, host_main=host_main,
+                evaluation=2 * shape.parameters * inference)
 
 
 def _micro_batch(config: SweepConfig) -> int:
