@@ -103,3 +103,19 @@ def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
         assert sorted({r.config.optim.batch_size for r in runs if r.method == "sft"}) == [16, 32, 64]
         # "RL used the same training config as SFT": its batch sizes too (the README's RL batch choice)
         assert sorted({r.config.optim.batch_size for r in runs if r.method == "rl"}) == [16, 32, 64]
+
+
+def test_bf16_sparsity_uses_the_paper_configs_precision_switch():
+    import importlib.util
+    from pathlib import Path
+
+    from razor_robot.cli import _load_config
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("bf16_sparsity", root / "scripts" / "bf16_sparsity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    paper = root / "configs" / "paper_simpler_openvla.yaml"
+    assert _load_config(str(paper)).policy.dtype == "bfloat16"  # the paper's bf16 training
+    for dtype in script.MASTER_DTYPES:
+        assert _load_config(str(paper), [f"{script.PRECISION_KEY}={dtype}"]).policy.dtype == dtype
