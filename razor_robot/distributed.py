@@ -9,7 +9,7 @@ Under ``accelerate launch`` with ``strategy: fsdp`` the policy is sharded over t
     single-process gradient of the whole batch;
   * RL: every process rolls out its share of the grid points with an unsharded bf16 copy of the policy (built
     empty, filled from the gathered weights after every update), and trains on its share of the steps;
-  * only the main process reads the checkpoint's weights (:func:`load_on_main`): the others build the policy
+  * only the main process reads the checkpoint's weights (:func:`loads_weights`): the others build the policy
     on the meta device, and FSDP (``sync_module_states``) or :func:`materialise_from_main` (DDP) fills them
     from the main process, so a node holds one host copy of the 7.5 B weights, not one per GPU;
   * checkpoints are gathered to the main process and saved there; the main process evaluates them after
@@ -155,7 +155,8 @@ _MAIN_ONLY_CALLS = itertools.count()
 
 
 def run_on_main(accelerator, what: str, work: Callable[[], T], poll_seconds: float = 0.5) -> T | None:
-    """``work()`` on the main process; returns its value on every process (identity in one process).
+    """``work()`` on the main process; returns its value on every process (``work()`` itself in one process or
+    without an accelerator).
 
     The other processes wait by polling the rendezvous store (torch.distributed's key-value store) until the main
     process posts that it is done, and only then meet it in the broadcast of the value. A collective held open
@@ -164,7 +165,7 @@ def run_on_main(accelerator, what: str, work: Callable[[], T], poll_seconds: flo
     the same order (the calls are numbered). If ``work`` raises, the main process re-raises and the others
     raise a RuntimeError naming ``what``.
     """
-    if not is_distributed(accelerator):
+    if accelerator is None or not is_distributed(accelerator):
         return work()
     import torch.distributed as dist
 

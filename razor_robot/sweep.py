@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from razor_robot.config import load_yaml, to_dict
+from razor_robot.distributed import run_on_main
 from razor_robot.experiment import RunSpec, SweepConfig, expand_runs
 from razor_robot.records import RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records
 from razor_robot.stages.base import base_checkpoint, base_evaluation
@@ -71,7 +72,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
             f"{sum(r.run_id not in done for r in runs)} to run")
         return prepared
 
-    inputs = _on_main(accelerator, "the base stage and the demonstrations", prepare)
+    inputs = run_on_main(accelerator, "the base stage and the demonstrations", prepare)
 
     def fit_now() -> Any:  # the meter forecasts from the runs finished so far (or a given fit file)
         if meter_file_fit is not None or not main:
@@ -84,22 +85,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     _run_all(config, first, inputs, results, progress, accelerator, fit_now)
     distill = [r for r in runs if r.method == "distill-sft"]
     if distill:
-        inputs = _on_main(accelerator, "distill-sft's episodes",
+        inputs = run_on_main(accelerator, "distill-sft's episodes",
                           lambda: _distill_data(config, inputs, out, results, progress, log))
         _run_all(config, distill, inputs, results, progress, accelerator, fit_now)
     if main:
         log(f"sweep finished in {time.perf_counter() - start:.0f} s -> {results}")
     return results
-
-
-def _on_main(accelerator: Any, what: str, work: Callable[[], Any]) -> Any:
-    """``work()`` on the main process only, its value on every process (razor_robot.distributed.run_on_main:
-    the others wait outside any collective, however long the simulation takes)."""
-    if accelerator is None:
-        return work()
-    from razor_robot.distributed import run_on_main
-
-    return run_on_main(accelerator, what, work)
 
 
 def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path, progress: bool,
