@@ -127,14 +127,18 @@ def _rl_steps(episodes_per_iteration: int, horizon: int, config: Any) -> tuple[i
     return per_iteration * config.epochs_per_batch * config.iterations, len(checkpoints)
 
 
-def _eval_episodes(config: SweepConfig) -> int:
+def _eval_episodes(config: SweepConfig) -> dict[str, int]:
+    """Episodes per task of one checkpoint's evaluation (SimplerEnv's drawer protocol has its own counts)."""
     n_new, n_prior, _ = config.eval.plan()
-    if config.eval.prior_protocol == "simpler":
-        from razor_robot.envs.simpler_backend import standard_drawer_episodes
+    counts = {config.eval.new_task: n_new}
+    for task in config.eval.prior_tasks:
+        if config.eval.prior_protocol == "simpler":
+            from razor_robot.envs.simpler_backend import standard_drawer_episodes
 
-        setting = config.env.get("setting", "visual_matching")
-        return n_new + sum(len(standard_drawer_episodes(t, setting)) for t in config.eval.prior_tasks)
-    return n_new + n_prior * len(config.eval.prior_tasks)
+            counts[task] = len(standard_drawer_episodes(task, config.env.get("setting", "visual_matching")))
+        else:
+            counts[task] = n_prior
+    return counts
 
 
 def sweep_stages(config: SweepConfig, runs: list[RunSpec], assume: PlanAssumptions) -> tuple[list[Stage], int]:
@@ -144,10 +148,9 @@ def sweep_stages(config: SweepConfig, runs: list[RunSpec], assume: PlanAssumptio
     horizon = {t: task_spec(t, config.backend).horizon for t in (config.eval.new_task, *config.eval.prior_tasks)}
     new_h = horizon[config.eval.new_task]
     points = config.demos.grid_size ** 2
-    per_eval = _eval_episodes(config)
-    eval_steps = per_eval and (config.positions()[1].shape[0] * new_h + sum(
-        (per_eval - config.positions()[1].shape[0]) // len(config.eval.prior_tasks) * horizon[t]
-        for t in config.eval.prior_tasks) if config.eval.prior_tasks else per_eval * new_h)
+    eval_counts = _eval_episodes(config)
+    per_eval = sum(eval_counts.values())
+    eval_steps = sum(n * horizon[task] for task, n in eval_counts.items())
     stages: list[Stage] = []
     if not config.base.checkpoint:
         pre = config.base.pretrain
