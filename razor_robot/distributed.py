@@ -67,8 +67,17 @@ class DistributedSpec:
 
 
 def fsdp_plugin_kwargs(spec: DistributedSpec) -> dict[str, Any]:
-    """accelerate's FSDP settings: full shard, one unit per decoder layer / ViT block, full state dicts."""
+    """accelerate's FSDP settings: full shard, one unit per decoder layer / ViT block, full state dicts, and
+    under bf16 compute fp32 buffers: accelerate's own bf16 policy casts buffers to bf16 too, which would round
+    the RoPE frequencies that loading, evaluation and the rollout copy keep in fp32."""
+    kwargs: dict[str, Any] = {}
+    if spec.mixed_precision == "bf16":
+        import torch
+
+        kwargs["mixed_precision_policy"] = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.bfloat16,
+                                            "buffer_dtype": torch.float32}
     return dict(
+        **kwargs,
         fsdp_version=1,
         sharding_strategy="FULL_SHARD",
         auto_wrap_policy="transformer_based_wrap",

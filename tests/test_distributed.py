@@ -137,6 +137,19 @@ def test_fsdp_settings_are_accepted_by_accelerate_and_wrap_the_policy_blocks():
     fields = {f.name for f in dataclasses.fields(FullyShardedDataParallelPlugin)}
     assert set(kwargs) <= fields  # the plugin (GPU-only to construct) takes every setting we pass
     assert kwargs["sharding_strategy"] == "FULL_SHARD" and kwargs["state_dict_type"] == "FULL_STATE_DICT"
+    assert "mixed_precision_policy" not in kwargs
+    import torch
+
+    bf16 = fsdp_plugin_kwargs(DistributedSpec(strategy="fsdp", mixed_precision="bf16"))["mixed_precision_policy"]
+    assert bf16 == {"param_dtype": torch.bfloat16, "reduce_dtype": torch.bfloat16, "buffer_dtype": torch.float32}
+    # accelerate turns it into FSDP's MixedPrecision and keeps it when the Accelerator later applies its own
+    # "bf16" (whose buffers would be bf16); the plugin's other checks need a GPU, so only this step runs here.
+    plugin = FullyShardedDataParallelPlugin.__new__(FullyShardedDataParallelPlugin)
+    plugin.fsdp_version, plugin.mixed_precision_policy = 1, dict(bf16)
+    plugin.set_mixed_precision(plugin.mixed_precision_policy)
+    plugin.set_mixed_precision("bf16")
+    assert plugin.mixed_precision_policy.buffer_dtype == torch.float32
+    assert plugin.mixed_precision_policy.param_dtype == torch.bfloat16
     classes = {type(m).__name__ for m in _policy().modules()}
     assert set(kwargs["transformer_cls_names_to_wrap"]) == {"LlamaDecoderLayer", "Block"} <= classes
 
