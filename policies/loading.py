@@ -99,10 +99,10 @@ def _build_named(name: str, device: torch.device, dtype: torch.dtype, overrides:
 
 
 def _finish(policy: VLAPolicy, device: torch.device, dtype: torch.dtype) -> VLAPolicy:
-    """Cast parameters to dtype (buffers such as RoPE frequencies stay fp32) and set eval mode."""
-    if device.type != "meta":
-        for param in policy.parameters():
-            param.data = param.data.to(device=device, dtype=dtype)
+    """Cast parameters to dtype (buffers such as RoPE frequencies stay fp32) and set eval mode. On the meta
+    device too: a meta-built replica must have the dtypes of the one whose weights it will receive."""
+    for param in policy.parameters():
+        param.data = param.data.to(device=device, dtype=dtype)
     policy.language_model.config.dtype = dtype
     return policy.eval()
 
@@ -161,10 +161,16 @@ def _rebuild_rotary(policy: VLAPolicy, device: torch.device) -> None:
             raise ValueError(f"buffers left uninitialised after loading: {left[:3]}")
 
 
-def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a dir with model.safetensors.index.json + shards, or one model.safetensors (on CPU)."""
+def read_safetensors_dir(path: Path, meta: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a dir with model.safetensors.index.json + shards, or one model.safetensors (on CPU).
+
+    meta=True reads only the headers: tensors of the right shapes and dtypes on the meta device, no weights
+    (a distributed process that receives its weights from the main one).
+    """
     from safetensors.torch import load_file
 
+    if meta:
+        load_file = _read_meta  # noqa: F811  (same interface, headers only)
     index = path / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -181,6 +187,21 @@ def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     if not single.exists():
         raise ValueError(f"{path} has no model.safetensors(.index.json)")
     return load_file(str(single))
+
+
+def _read_meta(filename: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as meta tensors (shape and dtype from its header; nothing is read)."""
+    from safetensors import safe_open
+
+    with safe_open(filename, framework="pt", device="cpu") as handle:
+        return {key: torch.empty(handle.get_slice(key).get_shape(),
+                                 dtype=_SAFETENSORS_DTYPES[handle.get_slice(key).get_dtype()], device="meta")
+                for key in handle.keys()}
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
 
 
 def _read_tokenizer(path: Path):
@@ -223,16 +244,15 @@ def _load_project_dir(
     stats_file = path / "norm_stats.json"
     data["norm_stats"] = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     config = _apply_overrides(VLAConfig.from_dict(data), dict(overrides))
-    return _materialise(
-        config, _read_tokenizer(path), read_safetensors_dir(path), device, dtype, meta.get("lora")
-    )
+    tensors = read_safetensors_dir(path, meta=device.type == "meta")
+    return _materialise(config, _read_tokenizer(path), tensors, device, dtype, meta.get("lora"))
 
 
 # ---- OpenVLA checkpoints ----
 def _load_openvla_dir(
     path: Path, raw: dict[str, Any], device: torch.device, dtype: torch.dtype, overrides: dict
 ) -> VLAPolicy:
-    tensors = read_safetensors_dir(path)
+    tensors = read_safetensors_dir(path, meta=device.type == "meta")
     config = _apply_overrides(_config_from_openvla(raw, _read_preprocessor(path), tensors), dict(overrides))
     return _materialise(config, _read_tokenizer(path), tensors, device, dtype)
 

@@ -13,7 +13,9 @@ OpenVLA's batch-size-1 forward.
 
 Action distribution (a deliberate choice): the softmax over the logits of the 256 action ids only. OpenVLA's
 `generate` takes the argmax over the whole vocabulary; for a trained policy the action ids dominate, and the
-restricted softmax makes log-probabilities, KL and sampling well-defined over the action space alone.
+restricted softmax makes log-probabilities, KL and sampling well-defined over the action space alone. Greedy
+decoding can follow OpenVLA's `predict_action` exactly (`greedy_over="vocabulary"`): the argmax over every
+logit, fed back as the next token, an id outside the action range decoded by OpenVLA's clip.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .configuration_vla import VisionTowerConfig, VLAConfig
 from .processing_vla import VLAProcessor
 
 __all__ = ["VLAPolicy", "VisionBackbone", "Projector", "create_tower", "LayerScaleFactor"]
+GREEDY_SCOPES = ("actions", "vocabulary")
+"""What greedy decoding takes the argmax over: the 256 action logits, or the whole vocabulary (OpenVLA)."""
 
 
 class LayerScaleFactor(nn.Module):
@@ -370,8 +374,13 @@ class VLAPolicy(nn.Module):
         generator: torch.Generator | None = None,
         return_logits: bool = False,
         uniforms=None,
+        greedy_over: str = "actions",
     ):
         """Autoregressive action ids (B, D) with a KV cache; greedy at temperature 0.
+
+        Greedy decoding takes the argmax over the 256 action logits (``greedy_over="actions"``) or, as OpenVLA's
+        ``predict_action`` (``generate`` with greedy search), over the whole vocabulary (``"vocabulary"``): then
+        an id may fall outside the action range, and ``tokens_to_actions`` decodes it with OpenVLA's clip.
 
         Sampling draws from ``generator`` (torch.multinomial), or, given ``uniforms`` (B, D) in [0, 1), takes
         for token d of row b the bin where the CDF of softmax(logits / T) first exceeds uniforms[b, d]
@@ -384,22 +393,31 @@ class VLAPolicy(nn.Module):
             uniforms = torch.as_tensor(uniforms, dtype=torch.float64)
             if uniforms.shape != (self._check_batch(images, instructions), self.action_dim):
                 raise ValueError(f"uniforms must have shape (B, {self.action_dim}), got {tuple(uniforms.shape)}")
-        tokens, logits = self._sample(images, instructions, float(temperature), generator, uniforms)
+        if greedy_over not in GREEDY_SCOPES:
+            raise ValueError(f"greedy_over must be one of {', '.join(GREEDY_SCOPES)}, got {greedy_over!r}")
+        vocabulary = temperature == 0 and greedy_over == "vocabulary"
+        tokens, logits = self._sample(images, instructions, float(temperature), generator, uniforms, vocabulary)
         tokens, logits = tokens.clone(), logits.clone()  # ordinary tensors, usable in autograd code later
         return (tokens, logits) if return_logits else tokens
 
     @torch.inference_mode()
-    def _sample(self, images, instructions, temperature, generator, uniforms=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, images, instructions, temperature, generator, uniforms=None,
+                vocabulary: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, mask = self._prefix(images, instructions)  # (B, T0, H), (B, T0)
         positions = self.processor.pad_mask_positions(mask)  # (B, T0)
         hidden, cache = cached_decode(self.language_model.model, embeds, positions, mask, last_only=True)
         embed = self.language_model.get_input_embeddings()
         steps_tokens, steps_logits = [], []
         for step in range(self.action_dim):
-            logits = self._action_head(hidden[:, -1]).float()  # (B, 256)
-            u = None if uniforms is None else uniforms[:, step]  # (B,)
-            index = self._choose(logits, temperature, generator, u)  # (B,)
-            steps_tokens.append(index + self.action_token_offset)
+            if vocabulary:  # OpenVLA's greedy generate: the argmax over every logit (padding rows included)
+                every = self.language_model.lm_head(hidden[:, -1]).float()  # (B, V)
+                steps_tokens.append(every.argmax(-1))
+                logits = every[:, self.action_token_offset:self.action_token_offset + self.n_action_bins]
+            else:
+                logits = self._action_head(hidden[:, -1]).float()  # (B, 256)
+                u = None if uniforms is None else uniforms[:, step]  # (B,)
+                index = self._choose(logits, temperature, generator, u)  # (B,)
+                steps_tokens.append(index + self.action_token_offset)
             steps_logits.append(logits)
             if step == self.action_dim - 1:
                 break

@@ -32,6 +32,7 @@ sentence encoder comes from TF Hub (cached under $TFHUB_CACHE_DIR) or from a loc
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -109,8 +110,72 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> Path:
     return path
 
 
-def import_rt1_stack() -> Dict[str, Any]:
-    """tensorflow, tensorflow_hub and the tf_agents pieces, or MissingDependencyError with an install hint."""
+# ---------------------------------------------------------------------------------------------------------
+# TensorFlow's GPU settings: process-wide, fixed by TF's first op
+# ---------------------------------------------------------------------------------------------------------
+
+TF_DEVICES: Tuple[str, ...] = ("gpu", "cpu")
+DEFAULT_TF_MEMORY_LIMIT_MB = 3072  # SimplerEnv's --tf-memory-limit default
+
+
+@dataclass(frozen=True)
+class TFRuntimeOptions:
+    """Where TensorFlow (RT-1 and its sentence encoder) may run in this process, and how much GPU memory it may
+    take. TF otherwise reserves nearly all of every visible GPU's memory at its first op, which in a training
+    process leaves the policy's rank without memory (SimplerEnv's ``main_inference.py`` sets a limit first)."""
+
+    memory_limit_mb: Optional[int] = DEFAULT_TF_MEMORY_LIMIT_MB
+    """Hard cap on TF's memory on its GPU (a logical device of this size, as SimplerEnv); None: no cap, but
+    memory growth (TF takes memory as it needs it instead of all at once)."""
+    device: str = "gpu"
+    """"gpu": the GPU of this process's LOCAL_RANK (accelerate/torchrun), so ranks never share GPU 0; "cpu":
+    TF sees no GPU at all."""
+
+    def __post_init__(self) -> None:
+        if self.device not in TF_DEVICES:
+            raise ValueError(f"tf_device must be one of {', '.join(TF_DEVICES)}, got {self.device!r}")
+        limit = self.memory_limit_mb
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 64):
+            raise ValueError(f"tf_memory_limit_mb must be an integer >= 64 or null, got {limit!r}")
+
+
+_TF_CONFIGURED: Dict[str, TFRuntimeOptions] = {}
+
+
+def configure_tensorflow(tf: Any, options: TFRuntimeOptions) -> None:
+    """Apply ``options`` to the imported ``tf`` module before any TF op, once per process.
+
+    TF fixes its device list and memory settings at its first op and refuses changes afterwards, so this runs
+    straight after ``import tensorflow`` and before tensorflow_hub or tf_agents (whose imports may run ops).
+    """
+    if "options" in _TF_CONFIGURED:
+        if _TF_CONFIGURED["options"] != options:
+            raise ValueError(f"TensorFlow is already configured in this process with {_TF_CONFIGURED['options']}; "
+                             f"cannot switch to {options}")
+        return
+    gpus = tf.config.list_physical_devices("GPU")
+    if options.device == "cpu" or not gpus:
+        tf.config.set_visible_devices([], "GPU")
+    else:
+        gpu = gpus[int(os.environ.get("LOCAL_RANK", "0")) % len(gpus)]
+        tf.config.set_visible_devices([gpu], "GPU")
+        if options.memory_limit_mb is None:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        else:  # a logical device excludes memory growth on the same GPU: the limit is the cap
+            tf.config.set_logical_device_configuration(
+                gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=options.memory_limit_mb)])
+    _TF_CONFIGURED["options"] = options
+
+
+def import_rt1_stack(tf_options: Optional[TFRuntimeOptions] = None) -> Dict[str, Any]:
+    """tensorflow (configured by ``tf_options`` before anything else touches it, see
+    :func:`configure_tensorflow`), tensorflow_hub and the tf_agents pieces, or MissingDependencyError with an
+    install hint."""
+    try:
+        tf = importlib.import_module("tensorflow")
+    except ImportError as exc:
+        raise MissingDependencyError("tensorflow", INSTALL_HINT) from exc
+    configure_tensorflow(tf, tf_options or TFRuntimeOptions())
     names = {
         "tf": "tensorflow",
         "hub": "tensorflow_hub",
@@ -136,7 +201,7 @@ class RT1Runtime:
     """A loaded RT-1 SavedModel policy and sentence encoder; stateless, so demonstrators can share one."""
 
     def __init__(self, checkpoint_dir: Path, lang_embed_model_path: str) -> None:
-        self.m = import_rt1_stack()
+        self.m = import_rt1_stack(_TF_CONFIGURED.get("options"))  # configured by the demonstrator already
         self.policy = self.m["eager_policy"].SavedModelPyTFEagerPolicy(
             model_path=str(checkpoint_dir), load_specs_from_pbtxt=True, use_tf_function=True
         )
@@ -195,6 +260,8 @@ class RT1DemonstratorConfig:
     """Multiplies the translation and rotation deltas (SimplerEnv's --action-scale)."""
     terminate_on_predict: bool = True
     """End the episode after the step on which RT-1 predicts terminate_episode (SimplerEnv's evaluator)."""
+    tf: TFRuntimeOptions = TFRuntimeOptions()
+    """TensorFlow's device and GPU memory cap in this process (``tf_memory_limit_mb``, ``tf_device``)."""
 
     def __post_init__(self) -> None:
         if self.task not in DEFAULT_INSTRUCTIONS:
@@ -231,12 +298,15 @@ class RT1Demonstrator:
         lang_embed_model_path: str = USE_LARGE_URL,
         action_scale: float = 1.0,
         terminate_on_predict: bool = True,
+        tf_memory_limit_mb: Optional[int] = DEFAULT_TF_MEMORY_LIMIT_MB,
+        tf_device: str = "gpu",
     ) -> None:
         self.config = RT1DemonstratorConfig(
-            task, policy_setup, instruction, action_scale, terminate_on_predict
+            task, policy_setup, instruction, action_scale, terminate_on_predict,
+            TFRuntimeOptions(tf_memory_limit_mb, tf_device),
         )
         checkpoint = check_checkpoint_dir(checkpoint_dir)
-        import_rt1_stack()
+        import_rt1_stack(self.config.tf)
         self.runtime = load_runtime(checkpoint, lang_embed_model_path)
         self.instruction: Optional[str] = None
         self.terminate_predicted = False

@@ -22,9 +22,11 @@ class VLAActor:
     """
 
     def __init__(self, policy: Any, *, unnorm_key: str, temperature: float = 0.0, seed: int = 0,
-                 adapter_factory: Callable[[], Any] | None = None, batch_size: int = 64):
+                 adapter_factory: Callable[[], Any] | None = None, batch_size: int = 64,
+                 greedy_over: str = "actions"):
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.greedy_over = greedy_over  # at temperature 0: argmax over the action logits or the vocabulary
         self.policy = policy
         self.unnorm_key = unnorm_key
         self.temperature = temperature
@@ -55,7 +57,7 @@ class VLAActor:
             tokens = torch.cat([
                 self.policy.sample_actions(
                     images[i:i + self.batch_size], list(instructions[i:i + self.batch_size]),
-                    temperature=self.temperature,
+                    temperature=self.temperature, greedy_over=self.greedy_over,
                     uniforms=None if uniforms is None else uniforms[i:i + self.batch_size]).cpu()
                 for i in range(0, len(images), self.batch_size)
             ])  # (N, D)

@@ -1,4 +1,4 @@
-"""``razor-robot``: pretrain, collect, train, eval, sweep, frontier, video.
+"""``razor-robot``: plan, pretrain, collect, train, eval, sweep, frontier, video.
 
 Every sub-command validates its input first and reports bad input as one line (exit code 2); set
 RAZOR_ROBOT_DEBUG=1 for the traceback.
@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 EXAMPLES = """examples:
+  razor-robot plan configs/paper_simpler_openvla.yaml
   razor-robot sweep configs/quickstart.yaml --out runs/quickstart
   razor-robot frontier runs/quickstart/results.jsonl --out runs/quickstart
   razor-robot video --task pick-can --policy scripted --episodes 4 --out pick-can.mp4
@@ -62,12 +63,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     config = _load_config(args.config, overrides)
     out = Path(args.out or Path("runs") / config.name)
     results = run_sweep(config, out, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch` the main process alone writes the report
+        return
     bases = config.bases()
     if len(bases) > 1:  # each base's own report (videos of the first base only), then the pooled one
         for index, (label, single) in enumerate(bases):
             report = dataclasses.replace(single.report, videos=single.report.videos and index == 0)
-            write_report(dataclasses.replace(single, report=report), out / label / "results.jsonl", out / label, progress=not args.no_progress,
-                         log=lambda text: None)
+            write_report(dataclasses.replace(single, report=report), out / label / "results.jsonl", out / label,
+                         progress=not args.no_progress, log=lambda text: None)
     write_report(config, results, out, progress=not args.no_progress)
     print(ROLLOUT_TOTALS.line())
 
@@ -180,6 +183,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.out).write_text(text)
     print(f"evaluation: {config.eval.plan()[2]}")
     print(dumps_strict({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from razor_robot.plan import PlanAssumptions, plan_text
+
+    assume = PlanAssumptions(tflops=args.tflops, processes=args.gpus, demonstrator_success=args.demonstrator_success)
+    print(plan_text(_load_config(args.config, args.set), assume))
 
 
 def cmd_frontier(args: argparse.Namespace) -> None:
@@ -326,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where the base evaluation is cached (default runs/<config name>)")
     p.add_argument("--ship", metavar="NAME", help="rebuild from the recipe and ship the base(s) with the package as "
                    "builtin:NAME ({seed} in NAME for base.seeds), with a card")
+
+    p = add("plan", "Before any work: runs, episodes per stage, optimiser steps, checkpoints and disk, memory "
+            "per process and GPU-hours of a sweep (no simulator, no weights).", cmd_plan)
+    p.add_argument("--tflops", type=float, default=400.0, help="sustained bf16 TFLOP/s per GPU (default 400)")
+    p.add_argument("--gpus", type=int, help="processes sharing training (default: 8 under ddp/fsdp, else 1)")
+    p.add_argument("--demonstrator-success", type=float, default=1.0,
+                   help="fraction of demonstrator attempts that succeed (default 1)")
 
     p = add("collect", "Collect K successful demonstrations per training-grid point into a LeRobot v3.0 dataset.",
             cmd_collect)

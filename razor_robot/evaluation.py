@@ -53,6 +53,10 @@ class EvalConfig:
     """First env seed of evaluation episodes (disjoint from training/collection seeds)."""
     temperature: float = 0.0
     """Action decoding temperature at evaluation (0 = greedy, like OpenVLA's predict_action)."""
+    greedy_over: str = "actions"
+    """Greedy decoding's argmax: over the 256 action logits ("actions", the distribution training, KL and RL
+    use) or over the whole vocabulary ("vocabulary": OpenVLA's predict_action and SimplerEnv's OpenVLA
+    evaluation, where a non-action id decodes by OpenVLA's clip)."""
     kl_observation_stride: int = 4
     """Keep every k-th step of the base policy's new-task episodes as KL inputs."""
 
@@ -64,6 +68,8 @@ class EvalConfig:
             raise ValueError(f"target_half_width must be in (0, 50) points, got {self.target_half_width}")
         if self.max_episodes < 1:
             raise ValueError(f"max_episodes must be >= 1, got {self.max_episodes}")
+        if self.greedy_over not in ("actions", "vocabulary"):
+            raise ValueError(f"greedy_over must be actions or vocabulary, got {self.greedy_over!r}")
         if self.prior_protocol not in PRIOR_PROTOCOLS:
             raise ValueError(f"prior_protocol must be one of {', '.join(PRIOR_PROTOCOLS)}, "
                              f"got {self.prior_protocol!r}")
@@ -199,6 +205,7 @@ def evaluate_policy(
     """Returns (scores, trajectories of every task: new task first). ``positions`` (P, 2) are the eval can
     positions; ``pool`` is a razor_robot.env_pool.EnvPool. All tasks' episodes run in one rollout."""
     actor = VLAActor(policy, unnorm_key=unnorm_key, temperature=config.temperature, seed=config.episode_seed,
+                     greedy_over=config.greedy_over,
                      adapter_factory=adapter_factory)
     _, n_prior, _ = config.plan()
     requests = new_task_requests(config, positions)

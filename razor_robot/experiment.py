@@ -287,6 +287,29 @@ class ReportSpec:
             raise ValueError(f"report.video_camera must be 0 or in [16, 1024], got {self.video_camera}")
 
 
+CHECKPOINT_DTYPES = ("auto", "float32", "bfloat16")
+CHECKPOINT_KEEP = ("all", "best")
+
+
+@dataclass
+class CheckpointSpec:
+    """How fine-tuning checkpoints are stored (the paper config: 28+ runs x 4 checkpoints of 7.5 B weights)."""
+
+    dtype: str = "auto"
+    """"auto": the dtype evaluation loads them in (``inference_policy``: bf16 when training computes in bf16,
+    else the policy's), so nothing any record measures is lost; "float32" or "bfloat16" explicitly."""
+    keep: str = "all"
+    """"all": every checkpoint keeps its weights; "best": once a run's checkpoints are evaluated, only its best
+    one (highest new-task, then prior-task success: the one the report's videos and distill-sft can use) keeps
+    its weights file; the others keep config and tokenizer, and their records stay."""
+
+    def __post_init__(self):
+        if self.dtype not in CHECKPOINT_DTYPES:
+            raise ValueError(f"checkpoints.dtype must be one of {', '.join(CHECKPOINT_DTYPES)}, got {self.dtype!r}")
+        if self.keep not in CHECKPOINT_KEEP:
+            raise ValueError(f"checkpoints.keep must be one of {', '.join(CHECKPOINT_KEEP)}, got {self.keep!r}")
+
+
 @dataclass
 class SweepConfig:
     """A whole RL's Razor experiment: base policy, data, fine-tuning sweeps, evaluation, KL, reports."""
@@ -344,6 +367,8 @@ class SweepConfig:
     """End-of-sweep report."""
     distributed: DistributedSpec = field(default_factory=DistributedSpec)
     """Training over several processes/GPUs (FSDP or DDP through accelerate; see razor_robot.distributed)."""
+    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
+    """How fine-tuning checkpoints are stored (dtype, which ones keep their weights)."""
 
     def __post_init__(self):
         from razor_robot.envs import check_backend
@@ -377,6 +402,14 @@ class SweepConfig:
         weights when training computes in bf16 over fp32 master weights (as the RL rollouts do)."""
         dtype = "bfloat16" if self.distributed.mixed_precision == "bf16" else self.policy.dtype
         return dataclasses.replace(self.policy, gradient_checkpointing=False, dtype=dtype)
+
+    def checkpoint_dtype(self) -> str:
+        """The dtype checkpoint weights are saved in ("float32" or "bfloat16"; see CheckpointSpec.dtype)."""
+        if self.checkpoints.dtype != "auto":
+            return self.checkpoints.dtype
+        from razor_robot.stages.load import resolve_device
+
+        return resolve_device(self.inference_policy())[1]
 
     def env_pool(self) -> EnvPool:
         """The configured env workers: one pool for every task, started on first use (razor_robot.env_pool)."""

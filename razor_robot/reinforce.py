@@ -247,13 +247,14 @@ def train_reinforce(
     rollout_copy = RolloutCopy(accelerator, policy)  # before prepare(): FSDP shards the policy in place
     actor = VLAActor(rollout_copy.policy, unnorm_key=unnorm_key, temperature=config.temperature,
                      seed=config.seed + rank, adapter_factory=adapter_factory)
+    model = accelerator.prepare(policy)
+    optimizer, scheduler = make_optimizer(model, config.optim)
+    optimizer = accelerator.prepare(optimizer)
+    rollout_copy.refresh(model)  # under FSDP the rollout copy is built empty: its first weights
     base_logits_fn = None
     if config.variant == "kl-reinforce" or (config.diagnostic_steps and world == 1):
         base_logits_fn = _base_logits(rollout_copy.policy if base_policy is None else base_policy,
                                       copy_weights=base_policy is None)
-    model = accelerator.prepare(policy)
-    optimizer, scheduler = make_optimizer(model, config.optim)
-    optimizer = accelerator.prepare(optimizer)
     checkpoint_iterations = {max(1, round(config.iterations * (i + 1) / config.checkpoints))
                              for i in range(config.checkpoints)}
     start, opt_step, history = time.perf_counter(), 0, []

@@ -16,6 +16,7 @@ A run that raises (including a NaN loss) is recorded as failed with its reason a
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from razor_robot.config import load_yaml, to_dict
+from razor_robot.distributed import run_on_main
 from razor_robot.experiment import RunSpec, SweepConfig, expand_runs
 from razor_robot.bases import BASE_KEY
 from razor_robot.records import (
@@ -75,18 +77,17 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     out = Path(out_dir)
     results = out / RESULTS_FILE
     start = time.perf_counter()
-    inputs = None
-    if main:  # base, its evaluation and the SFT/oracle data: once, on the main process
+
+    def prepare() -> RunInputs:  # base, its evaluation and the SFT/oracle data: once, on the main process
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(dumps_strict(to_dict(config), indent=2))
-        inputs = _prepare(config, runs, out, results, progress, log, base_label or _base_reference(config))
+        prepared = _prepare(config, runs, out, results, progress, log, base_label or _base_reference(config))
         done = finished_run_ids(read_records(results))
         log(f"runs: {len(runs)} in the sweep, {sum(r.run_id in done for r in runs)} already done, "
             f"{sum(r.run_id not in done for r in runs)} to run")
-    if accelerator is not None:
-        from razor_robot.distributed import broadcast_object
+        return prepared
 
-        inputs = broadcast_object(accelerator, inputs)
+    inputs = run_on_main(accelerator, "the base stage and the demonstrations", prepare)
 
     def fit_now() -> Any:  # the meter forecasts from the runs finished so far (or a given fit file)
         if meter_file_fit is not None or not main:
@@ -100,12 +101,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     _run_all(config, first, inputs, results, progress, accelerator, fit_now, base_id)
     distill = [r for r in runs if r.method == "distill-sft"]
     if distill:
-        if main:
-            inputs = _distill_data(config, inputs, out, results, progress, log)
-        if accelerator is not None:
-            from razor_robot.distributed import broadcast_object
-
-            inputs = broadcast_object(accelerator, inputs)
+        inputs = run_on_main(accelerator, "distill-sft's episodes",
+                             lambda: _distill_data(config, inputs, out, results, progress, log))
         _run_all(config, distill, inputs, results, progress, accelerator, fit_now, base_id)
     if main:
         log(f"sweep finished in {time.perf_counter() - start:.0f} s -> {results}")
@@ -119,9 +116,9 @@ def _run_bases(bases: list[tuple[str, SweepConfig]], out: Path, progress: bool,
     for label, single in tqdm(bases, desc="bases", disable=not progress):
         log(f"== {label}: base {_base_reference(single)}")
         parts.append(run_sweep(single, out / label, progress=progress, log=log, base_label=label))
-    out.mkdir(parents=True, exist_ok=True)
-    text = "".join(Path(part).read_text() for part in parts)
-    atomic_write_text(out / RESULTS_FILE, text)
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` the main process alone writes it
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / RESULTS_FILE, "".join(Path(part).read_text() for part in parts))
     return out / RESULTS_FILE
 
 

@@ -3,7 +3,8 @@
     python scripts/bf16_sparsity.py configs/quickstart.yaml --out runs/bf16-sparsity [--set KEY=VALUE ...]
 
 Runs the config's RL run twice from the same base, seeds and episodes' seeds: with fp32 master weights and
-with bf16 master weights (``policy.dtype``), then prints for every checkpoint the fraction of parameters left
+with bf16 master weights, through ``policy.dtype``, the precision switch of the paper config (bfloat16 = the
+paper's bf16 training, float32 = fp32 master weights; see the README's paper path), then prints for every checkpoint the fraction of parameters left
 exactly unchanged (``pred/update_sparsity``: bitwise equality in the run's own dtype) and, for the fp32 run,
 the fraction a bf16 copy of its weights would show unchanged (``pred/update_sparsity_bf16``). The paper found
 RL's apparent sparsity to vanish in fp32: updates smaller than half a bf16 ulp round away.
@@ -16,6 +17,10 @@ import sys
 from pathlib import Path
 
 import razor_robot  # noqa: F401  (sets OpenMP's spin count before torch loads it)
+
+PRECISION_KEY = "policy.dtype"
+"""The config key that switches master-weight precision, here and in configs/paper_simpler_openvla.yaml."""
+MASTER_DTYPES = ("float32", "bfloat16")
 
 
 def main() -> int:
@@ -30,9 +35,9 @@ def main() -> int:
     from razor_robot.records import completed_records
 
     rows = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in MASTER_DTYPES:
         out = Path(args.out) / dtype
-        argv = ["train", "rl", args.config, "--out", str(out), "--no-progress", "--set", f"policy.dtype={dtype}",
+        argv = ["train", "rl", args.config, "--out", str(out), "--no-progress", "--set", f"{PRECISION_KEY}={dtype}",
                 "--set", "report.videos=false", *[x for item in args.set for x in ("--set", item)]]
         if cli(argv) != 0:
             return 2

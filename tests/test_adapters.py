@@ -258,7 +258,7 @@ class FakeRuntime:
 @pytest.fixture
 def fake_rt1(monkeypatch, tmp_path):
     runtime = FakeRuntime()
-    monkeypatch.setattr(rt1, "import_rt1_stack", lambda: {})
+    monkeypatch.setattr(rt1, "import_rt1_stack", lambda *options: {})
     monkeypatch.setattr(rt1, "load_runtime", lambda checkpoint, lang: runtime)
     (tmp_path / "saved_model.pb").write_bytes(b"")
     return runtime, tmp_path
@@ -537,7 +537,7 @@ def rt1_script(length: int = 30, close_at: int = 6, terminate_at: int = 24):
 @pytest.mark.core
 def test_rt1_done_ends_the_episode_after_the_terminating_action(monkeypatch, tmp_path):
     runtime = ScriptedRuntime(rt1_script(terminate_at=3))
-    monkeypatch.setattr(rt1, "import_rt1_stack", lambda: {})
+    monkeypatch.setattr(rt1, "import_rt1_stack", lambda *options: {})
     monkeypatch.setattr(rt1, "load_runtime", lambda checkpoint, lang: runtime)
     (tmp_path / "saved_model.pb").write_bytes(b"")
     demo = rt1.RT1Demonstrator("pick-can", tmp_path)
@@ -567,7 +567,7 @@ def test_collect_style_rt1_episodes_store_labels_that_replay(monkeypatch, tmp_pa
 
     from razor_robot.envs import core, simpler_backend
 
-    monkeypatch.setattr(rt1, "import_rt1_stack", lambda: {})
+    monkeypatch.setattr(rt1, "import_rt1_stack", lambda *options: {})
     (tmp_path / "saved_model.pb").write_bytes(b"")
     inner = FakeManiSkillEnv("pick-can")
     config = simpler_backend.SimplerEnvConfig("pick-can", image_size=16, native_image=True,

@@ -84,7 +84,7 @@ def test_bad_sweep_configs_fail_before_work(data, message):
 
 
 @pytest.mark.parametrize("name, sft_runs, rl_runs", [
-    ("quickstart", 2, 1), ("cpu_full", 21, 7), ("paper_simpler_openvla", 21, 7), ("simpler_cpu_smoke", 1, 1)])
+    ("quickstart", 2, 1), ("cpu_full", 21, 7), ("paper_simpler_openvla", 21, 21), ("simpler_cpu_smoke", 1, 1)])
 def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
     from pathlib import Path
 
@@ -101,3 +101,21 @@ def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
         assert config.eval.new_task_positions == 100 and config.rl.config["rollouts_per_point"] == 5
         assert sorted({r.config.optim.learning_rate for r in runs}) == [1e-6, 3e-6, 5e-6, 7e-6, 9e-6, 1e-5, 3e-5]
         assert sorted({r.config.optim.batch_size for r in runs if r.method == "sft"}) == [16, 32, 64]
+        # "RL used the same training config as SFT": its batch sizes too (the README's RL batch choice)
+        assert sorted({r.config.optim.batch_size for r in runs if r.method == "rl"}) == [16, 32, 64]
+
+
+def test_bf16_sparsity_uses_the_paper_configs_precision_switch():
+    import importlib.util
+    from pathlib import Path
+
+    from razor_robot.cli import _load_config
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("bf16_sparsity", root / "scripts" / "bf16_sparsity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    paper = root / "configs" / "paper_simpler_openvla.yaml"
+    assert _load_config(str(paper)).policy.dtype == "bfloat16"  # the paper's bf16 training
+    for dtype in script.MASTER_DTYPES:
+        assert _load_config(str(paper), [f"{script.PRECISION_KEY}={dtype}"]).policy.dtype == dtype

@@ -137,8 +137,93 @@ def test_fsdp_settings_are_accepted_by_accelerate_and_wrap_the_policy_blocks():
     fields = {f.name for f in dataclasses.fields(FullyShardedDataParallelPlugin)}
     assert set(kwargs) <= fields  # the plugin (GPU-only to construct) takes every setting we pass
     assert kwargs["sharding_strategy"] == "FULL_SHARD" and kwargs["state_dict_type"] == "FULL_STATE_DICT"
+    assert "mixed_precision_policy" not in kwargs
+    import torch
+
+    bf16 = fsdp_plugin_kwargs(DistributedSpec(strategy="fsdp", mixed_precision="bf16"))["mixed_precision_policy"]
+    assert bf16 == {"param_dtype": torch.bfloat16, "reduce_dtype": torch.bfloat16, "buffer_dtype": torch.float32}
+    # accelerate turns it into FSDP's MixedPrecision and keeps it when the Accelerator later applies its own
+    # "bf16" (whose buffers would be bf16); the plugin's other checks need a GPU, so only this step runs here.
+    plugin = FullyShardedDataParallelPlugin.__new__(FullyShardedDataParallelPlugin)
+    plugin.fsdp_version, plugin.mixed_precision_policy = 1, dict(bf16)
+    plugin.set_mixed_precision(plugin.mixed_precision_policy)
+    plugin.set_mixed_precision("bf16")
+    assert plugin.mixed_precision_policy.buffer_dtype == torch.float32
+    assert plugin.mixed_precision_policy.param_dtype == torch.bfloat16
     classes = {type(m).__name__ for m in _policy().modules()}
     assert set(kwargs["transformer_cls_names_to_wrap"]) == {"LlamaDecoderLayer", "Block"} <= classes
+
+
+def test_accelerate_pin_admits_only_versions_with_fsdp_version():
+    """fsdp_plugin_kwargs passes fsdp_version, which FullyShardedDataParallelPlugin takes from accelerate 1.6."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((HERE.parent / "pyproject.toml").read_text())["project"]
+    pins = [Requirement(r) for r in project["optional-dependencies"]["learn"] if r.startswith("accelerate")]
+    assert len(pins) == 1
+    assert not any(pins[0].specifier.contains(v) for v in ("1.0.0", "1.5.2"))
+    assert pins[0].specifier.contains(Version("1.6.0"))
+
+
+def _inv_freqs(policy):
+    return {n: b for n, b in policy.named_buffers() if n.endswith("inv_freq")}
+
+
+def test_fsdp_rollout_copy_is_built_empty_with_fp32_rope_and_no_weight_copy(monkeypatch):
+    """Under FSDP the rollout policy is a bf16 twin built on meta and given storage on the device: no deepcopy
+    of the (fp32, 7.5 B) policy, and RoPE frequencies in fp32 as loading keeps them (the bf16 cast of a copy
+    rounded them, so RL rolled out a slightly different policy from the one evaluation loads)."""
+    import types
+
+    import torch
+    from accelerate.utils import DistributedType
+
+    from razor_robot.distributed import RolloutCopy
+    from razor_robot.policies import load_policy
+    from razor_robot.policies.modeling_vla import VLAPolicy
+
+    policy = _policy()
+    fake_fsdp = types.SimpleNamespace(distributed_type=DistributedType.FSDP, mixed_precision="bf16",
+                                      device=torch.device("cpu"), is_main_process=True)
+
+    def no_deepcopy(self, memo):
+        raise AssertionError("the rollout copy deep-copied the policy")
+
+    monkeypatch.setattr(VLAPolicy, "__deepcopy__", no_deepcopy, raising=False)
+    rollout = RolloutCopy(fake_fsdp, policy).policy
+    assert rollout is not policy
+    assert {p.dtype for p in rollout.parameters()} == {torch.bfloat16}
+    loaded = _inv_freqs(load_policy("tiny", action_dim=2, device="cpu", dtype=torch.bfloat16))
+    copied = _inv_freqs(rollout)
+    assert copied and set(copied) == set(loaded)
+    for name, buffer in copied.items():
+        assert buffer.dtype == torch.float32 and torch.equal(buffer, loaded[name])
+    # Filled with the trained weights (what refresh() broadcasts), it is the bf16 policy evaluation loads.
+    rollout.load_state_dict({k: v.to(torch.bfloat16) for k, v in policy.state_dict().items()})
+    reference = load_policy("tiny", action_dim=2, device="cpu", dtype=torch.bfloat16)
+    reference.load_state_dict(policy.state_dict())
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    tokens = torch.full((2, 2), policy.action_token_offset + 5)
+    with torch.no_grad():
+        assert torch.equal(rollout.action_logits(images, ["pick coke can"] * 2, tokens),
+                           reference.action_logits(images, ["pick coke can"] * 2, tokens))
+
+
+def test_a_meta_load_reads_no_weights(tmp_path, monkeypatch):
+    """A process that receives its weights from the main one reads only the checkpoint's headers."""
+    import safetensors.torch
+    import torch
+
+    from razor_robot.policies import load_policy
+
+    _policy().save_pretrained(tmp_path)
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("weights were read"))
+    meta = load_policy(str(tmp_path), device="meta", dtype=torch.float32)
+    real_shapes = {k: (tuple(v.shape), v.dtype) for k, v in _policy().state_dict().items()}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in meta.state_dict().items()} == real_shapes
+    assert all(p.is_meta for p in meta.parameters())
 
 
 def test_distributed_config_errors_are_one_line():

@@ -132,7 +132,9 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
     import torch
 
     from razor_robot.data import load_dataset
-    from razor_robot.distributed import gather_state_dict, make_accelerator
+    from razor_robot.distributed import (
+        gather_state_dict, loads_weights, make_accelerator, materialise_from_main, run_on_main,
+    )
     from razor_robot.reinforce import train_reinforce
     from razor_robot.sft import train_sft
     from razor_robot.stages.evaluate import evaluate_checkpoints
@@ -144,17 +146,25 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
     device, _ = resolve_device(config.policy)
     accelerator = accelerator or make_accelerator(config.distributed, cpu=device == "cpu")
     distributed = accelerator.num_processes > 1
-    # Several processes: load on the CPU and let the accelerator place (DDP) or shard (FSDP) the weights.
-    policy = load_for_training(inputs.base.checkpoint, config.policy, device="cpu" if distributed else None)
+    # Several processes: the main one loads the weights on the CPU, the others build the policy on the meta
+    # device and receive them (razor_robot.distributed.materialise_from_main); the accelerator then places (DDP)
+    # or shards (FSDP) them. One host copy of the weights per job, not one per GPU.
+    device = None if not distributed else "cpu" if loads_weights(accelerator) else "meta"
+    policy = load_for_training(inputs.base.checkpoint, config.policy, device=device)
+    materialise_from_main(accelerator, policy)
     logger = RunLogger(config, run, out) if accelerator.is_main_process else None
     meter = None if distributed else make_meter(config, run, inputs, policy)
     checkpoints: list[tuple[int, float, Path, float]] = []
     start = time.perf_counter()
 
+    save_dtype = getattr(torch, config.checkpoint_dtype())
+
     def on_checkpoint(step: int, fraction: float, model: Any) -> None:
         directory = out / "runs" / run.run_id / f"step-{step:06d}"
         state = gather_state_dict(accelerator, model) if distributed else None
         if accelerator.is_main_process:
+            state = {k: v.to(save_dtype) if v.is_floating_point() else v
+                     for k, v in (state or policy.state_dict()).items()}
             policy.save_pretrained(directory, state_dict=state)
         checkpoints.append((step, fraction, directory, time.perf_counter() - start))
 
@@ -175,10 +185,26 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
                       meter=meter)
         policy = meter = None  # drop the training weights before evaluation
         accelerator.free_memory()
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return []
-        records = evaluate_checkpoints(config, run, checkpoints, inputs, pool, logger, progress)
+        # The other processes wait for the evaluation outside any collective (it can take hours).
+        records = run_on_main(accelerator, f"the evaluation of {run.run_id}", lambda: evaluate_checkpoints(
+            config, run, checkpoints, inputs, pool, logger, progress))
     if logger is not None:
         logger.finish()
+    if not accelerator.is_main_process:
+        return []
+    if config.checkpoints.keep == "best":
+        prune_checkpoints(records, run.method)
     return records
+
+
+def prune_checkpoints(records: list[dict[str, Any]], method: str) -> None:
+    """Delete the weights of every checkpoint of a run but its best (``checkpoints.keep: best``); the records and
+    the checkpoints' config files stay. The report and distill-sft use only each method's best checkpoint, which
+    is the best of some run."""
+    from razor_robot.stages.report import best_checkpoint
+
+    best = best_checkpoint(records, method)
+    for record in records:
+        if best is not None and record["checkpoint"] != best["checkpoint"]:
+            for weights in Path(record["checkpoint"]).glob("model*.safetensors*"):
+                weights.unlink()

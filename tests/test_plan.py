@@ -1,0 +1,69 @@
+"""``razor-robot plan``: the paper config's plan from a meta-device 7B (no weights), the quickstart's plan against
+what the quickstart really spent, and bad configs failing in one line."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from razor_robot.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(text: str, stage: str) -> list[int]:
+    line = next(l for l in text.splitlines() if l.startswith(stage))
+    return [int(n.replace(",", "")) for n in re.findall(r"\s(\d[\d,]*)(?=\s|$)", line[44:])][:3]
+
+
+def test_paper_plan_builds_the_7b_on_meta_and_counts_the_sweep(capsys, monkeypatch):
+    import resource
+
+    monkeypatch.delenv("OPENVLA_7B_PATH", raising=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    assert main(["plan", str(ROOT / "configs/paper_simpler_openvla.yaml")]) == 0
+    text = capsys.readouterr().out
+    # Built on the meta device: the 30 GB of fp32 weights (15 GB in bf16) were never allocated.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 2 * 2**20
+    assert "policy openvla-7b: 7,541,237,184 parameters" in text
+    runs = re.search(r"runs: (\d+) = (\d+) sft \+ (\d+) rl", text)
+    assert runs and int(runs[1]) == int(runs[2]) + int(runs[3])
+    # SimplerEnv's protocol: 100 can positions + 108 visual-matching episodes per drawer task, 80/113 steps.
+    assert _row(text, "base: evaluation") == [316, 100 * 80 + 216 * 113, 0]
+    assert _row(text, "sft: demonstrations")[:2] == [1000, 1000 * 80]
+    for needle in ("checkpoints:", "GPU per process (training, 8 processes, fsdp)", "host, main process",
+                   "GPU-hours at 400 TFLOP/s", "assumptions:"):
+        assert needle in text
+
+
+def test_quickstart_plan_is_within_20_percent_of_what_the_quickstart_spends(capsys, tmp_path):
+    """The real figures of the cold quickstart (README, status): its rollouts ran 172,350 env steps at 30 steps an
+    episode, i.e. 5,745 episodes (250 pretraining demonstrations, 192 x 14 evaluations, 96 demonstrations,
+    12 x 128 RL episodes, 678 oracle and 465 distill attempts, 32 video episodes); optimiser steps 3,042 (base)
+    + 2 x 540 (SFT) + 12 (RL) + 318 and 498 (oracle-sft on 57 episodes, distill-sft on 89: 6 epochs of
+    1,710 // 32 and 2,670 // 32 steps) = 4,950; 13 fine-tuning checkpoints, whose size is measured here."""
+    from razor_robot.policies import load_policy
+
+    assert main(["plan", str(ROOT / "configs/quickstart.yaml")]) == 0
+    text = capsys.readouterr().out
+    episodes, env_steps, optimizer_steps = _row(text, "total")
+    assert abs(episodes / 5745 - 1) < 0.2 and abs(env_steps / 172_350 - 1) < 0.2
+    assert abs(optimizer_steps / 4950 - 1) < 0.2
+    policy = load_policy("tiny", action_dim=4, prompt_template="simpler-env")
+    policy.save_pretrained(tmp_path)
+    real_disk = 13 * sum(f.stat().st_size for f in tmp_path.iterdir())
+    disk = re.search(r"checkpoints: 13 saved, float32, .*; disk ([\d.,]+) MiB", text)
+    assert disk and abs(float(disk[1].replace(",", "")) * 2**20 / real_disk - 1) < 0.2
+
+
+def test_bad_configs_fail_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft: {grid: {optim.learning_rate: []}}\n")
+    assert main(["plan", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "expected a non-empty list" in err
+    bad.write_text("checkpoints: {keep: some}\n")
+    assert main(["plan", str(bad)]) == 2
+    assert "checkpoints.keep must be one of all, best, got 'some'" in capsys.readouterr().err
+    assert main(["plan", str(ROOT / "configs/quickstart.yaml"), "--tflops", "0"]) == 2
+    assert "--tflops must be > 0" in capsys.readouterr().err
