@@ -14,7 +14,6 @@ and the image patches plus one per further action token (KV cache).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path

@@ -4,7 +4,6 @@ what the quickstart really spent, and bad configs failing in one line."""
 import re
 from pathlib import Path
 
-import pytest
 
 from razor_robot.cli import main
 

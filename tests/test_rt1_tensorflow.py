@@ -56,7 +56,6 @@ class FakeTFStack(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.load = lambda path: self.op("hub.load")() or (lambda texts: [np.zeros(512)])
         elif name == "tf_agents":
             self.op("tf_agents import-time constant")()  # the real package builds tensors when imported
-            spec = types.SimpleNamespace(observation={})
             module.specs = types.SimpleNamespace(zero_spec_nest=lambda x: {}, from_spec=lambda x: x)
         elif name.endswith("py_tf_eager_policy"):
             outer = self
