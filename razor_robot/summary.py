@@ -44,7 +44,8 @@ from razor_robot.frontier import (
 )
 from razor_robot.stats import DEFAULT_RESAMPLES
 from razor_robot.table1 import _r2_or_nan, format_table1, forward_kl_line, r2_fits, table1, write_table1
-from razor_robot.verdict import compare_methods, resample_scores, score_ci, score_count, verdict_lines
+from razor_robot.verdict import (compare_methods, new_task_gain_lines, resample_scores, score_ci, score_count,
+                                 verdict_lines)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -130,7 +131,10 @@ def summary_table(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAM
             _fmt(distance(match) if match else None, 3),
             *[_fmt(_r2_or_nan(group, key, reference), 3) for key in DISTANCE_KEYS],
         ])
-    lines = list(headline) if headline is not None else verdict_lines(checked, **kwargs)
+    if headline is not None:  # several bases: the pooled verdicts (gains are in each base's own summary)
+        lines = list(headline)
+    else:
+        lines = verdict_lines(checked, **kwargs) + new_task_gain_lines(checked, **kwargs)
     lines.append(forward_kl_line(checked, **kwargs) if has_base else "forward KL fit: n/a (no base record)")
     lines += ["", _align(rows)]
     if reference is not None:

@@ -388,6 +388,35 @@ def _episode_ranges(records: Sequence[Record]) -> dict[str, tuple[int, int]]:
             for task in tasks}
 
 
+def new_task_gain_lines(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                        confidence: float = 0.95) -> list[str]:
+    """Did each method learn the new task? One line per method: its best checkpoint's new-task success minus
+    the base's, with a paired-bootstrap CI that re-takes the best checkpoint in every resample (so picking the
+    best is inside the interval), "learned" when the CI lies above 0. [] without a base record or a CI."""
+    checked = _check_records(records)
+    base = [i for i, r in enumerate(checked) if r["method"] == BASE_METHOD]
+    if not base:
+        return []
+    try:
+        reps = resample_scores(checked, n_resamples, seed)
+    except ValueError:
+        return []
+    base_new = float(np.mean([checked[i]["new_task"] for i in base]))
+    base_reps = reps.new_task[:, base].mean(axis=1)  # (R,)
+    lines = []
+    for method in _methods(checked):
+        if method == BASE_METHOD:
+            continue
+        own = [i for i, r in enumerate(checked) if r["method"] == method]
+        gain = max(checked[i]["new_task"] for i in own) - base_new
+        lo, hi = percentile_interval(reps.new_task[:, own].max(axis=1) - base_reps, confidence)
+        label = {1: "learned", -1: "got worse"}.get(interval_sign(lo, hi), "not resolved")
+        lines.append(f"new-task gain of {_display(method)}'s best checkpoint over the base: {_signed(gain)} points, "
+                     f"{100 * confidence:g}% CI [{_signed(lo)}, {_signed(hi)}] ({label}; {reps.resampling} "
+                     f"bootstrap re-taking the best of {len(own)} checkpoints)")
+    return lines
+
+
 def verdict_lines(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                   confidence: float = 0.95) -> list[str]:
     """The headline "verdict: ..." (RL vs SFT), then "<method> vs <SFT|RL>: ..." for every other method."""

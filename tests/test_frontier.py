@@ -723,3 +723,25 @@ def test_frontier_report_of_several_bases_opens_with_the_pooled_verdict(tmp_path
     text = rs.frontier_report(path, tmp_path, n_resamples=100, band_resamples=10)
     assert text.startswith("pooled verdict (2 bases): ") and "per base: base-s0 +22.0 (RL forgets less)" in text
     assert (tmp_path / "frontier.png").is_file() and (tmp_path / "table1.csv").is_file()
+
+
+def test_new_task_gain_lines_retake_the_best_checkpoint_per_resample():
+    # RL_FAR: base 3/30 pick-can, RL's best 18/30 -> +50 points; SFT's best 21/30 -> +60 points
+    lines = vd.new_task_gain_lines(_sweep(RL_FAR, scale=4), n_resamples=400)
+    assert [line.split(":")[0] for line in lines] == [
+        "new-task gain of SFT's best checkpoint over the base", "new-task gain of RL's best checkpoint over the base"]
+    assert lines[1].startswith("new-task gain of RL's best checkpoint over the base: +50.0 points, 95% CI [+")
+    assert "(learned; paired episodes bootstrap re-taking the best of 3 checkpoints)" in lines[1]
+    # by hand: the same draws as resample_scores, max over RL's columns minus the base's column
+    reps = vd.resample_scores(_sweep(RL_FAR, scale=4), 400, 0)
+    records = _sweep(RL_FAR, scale=4)
+    rl = [i for i, r in enumerate(records) if r["method"] == "rl"]
+    lo, hi = np.percentile(reps.new_task[:, rl].max(axis=1) - reps.new_task[:, 0], [2.5, 97.5])
+    assert f"95% CI [{lo:+.1f}, {hi:+.1f}]" in lines[1]
+    # a method that never beats the base: its CI holds 0
+    flat = [r for r in _sweep(RL_FAR) if r["method"] != "sft"]
+    for r in flat:
+        if r["method"] == "rl":
+            r.update({k: v for k, v in flat[0].items() if k.startswith("new_task") or k == "episodes"})
+    assert "(not resolved;" in vd.new_task_gain_lines(flat, n_resamples=200)[0]
+    assert vd.new_task_gain_lines([r for r in flat if r["method"] != "base"]) == []
