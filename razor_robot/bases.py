@@ -23,7 +23,7 @@ import numpy as np
 
 from razor_robot.frontier import BASE_METHOD, Record, _check_records, _methods
 from razor_robot.stats import DEFAULT_RESAMPLES, hierarchical_bootstrap, percentile_interval
-from razor_robot.verdict import Verdict, _display, _signed, gap_replicates, outcome_of
+from razor_robot.verdict import Verdict, _display, _signed, comparisons, gap_replicates, outcome_of
 
 BASE_KEY = "base_id"
 """Record field naming the base a checkpoint was fine-tuned from (the base's own record carries it too)."""
@@ -136,13 +136,5 @@ def pooled_verdict_lines(records: Iterable[Record], *, n_resamples: int = DEFAUL
     """"pooled verdict ..." (RL vs SFT), then "pooled <method> vs <SFT|RL> ..." for every other method."""
     checked = _check_records(records)
     kwargs = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
-    lines = [pooled_verdict(checked, "rl", "sft", **kwargs).line()]
-    methods = _methods(checked)
-    for method in methods:
-        if method in ("rl", "sft"):
-            continue
-        for reference in ("sft", "rl"):
-            if reference in methods:
-                lines.append(pooled_verdict(checked, method, reference, **kwargs)
-                             .line(prefix=f"pooled {method} vs {_display(reference)}"))
-    return lines
+    return [pooled_verdict(checked, a, b, **kwargs).line(prefix=f"pooled {prefix}")
+            for a, b, prefix in comparisons(_methods(checked))]

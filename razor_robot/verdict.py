@@ -422,13 +422,15 @@ def verdict_lines(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAM
     """The headline "verdict: ..." (RL vs SFT), then "<method> vs <SFT|RL>: ..." for every other method."""
     checked = _check_records(records)
     kwargs = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
-    lines = [compare_methods(checked, "rl", "sft", **kwargs).line()]
-    methods = _methods(checked)
+    return [compare_methods(checked, a, b, **kwargs).line(prefix=prefix)
+            for a, b, prefix in comparisons(_methods(checked))]
+
+
+def comparisons(methods: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(method a, method b, line prefix) of every comparison a summary reports: RL vs SFT (the headline
+    "verdict"), then every other method vs SFT and vs RL, where those are present."""
+    pairs = [("rl", "sft", "verdict")]
     for method in methods:
-        if method in ("rl", "sft"):
-            continue
-        for reference in ("sft", "rl"):
-            if reference in methods:
-                verdict = compare_methods(checked, method, reference, **kwargs)
-                lines.append(verdict.line(prefix=f"{method} vs {_display(reference)}"))
-    return lines
+        if method not in ("rl", "sft"):
+            pairs += [(method, ref, f"{method} vs {_display(ref)}") for ref in ("sft", "rl") if ref in methods]
+    return pairs

@@ -620,7 +620,11 @@ def test_summary_opens_with_verdict_and_shows_intervals():
     text = rs.summary_table(records, n_resamples=100)
     lines = text.splitlines()
     assert lines[0].startswith("verdict: RL forgets less")
-    assert lines[1].startswith("oracle-sft vs SFT:") and lines[3].startswith("forward KL fit: R2 ")
+    assert lines[1].startswith("oracle-sft vs SFT:") and lines[2].startswith("oracle-sft vs RL:")
+    # then each method's new-task gain over the base (methods in record order), then the forward-KL fit
+    assert [line.split("'")[0] for line in lines[3:6]] == ["new-task gain of SFT", "new-task gain of RL",
+                                                          "new-task gain of oracle-sft"]
+    assert lines[6].startswith("forward KL fit: R2 ")
     table = [re.split(r"\s{2,}", line) for line in _method_table(text)]
     sft = next(row for row in table if row[0] == "sft")
     assert sft[2] == rs.format_rate(records[3], "new_task") and sft[2].endswith("n=120")
