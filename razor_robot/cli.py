@@ -103,8 +103,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from razor_robot.stages.base import base_checkpoint, base_evaluation, ship_base
 
     config = _load_config(args.config, args.set)
-    if args.ship is not None and not args.ship.strip():
-        raise ValueError("--ship needs a name, e.g. --ship tiny-metaworld-s{seed}")
+    if args.ship is not None and (not args.ship.strip() or "/" in args.ship or args.ship.startswith(".")):
+        raise ValueError(f"--ship needs a plain folder name, e.g. tiny-metaworld-s{{seed}}, got {args.ship!r}")
     bases = config.bases()
     if args.ship and len(bases) > 1 and "{seed}" not in args.ship:
         raise ValueError(f"--ship {args.ship!r} names one base for {len(bases)} seeds: put {{seed}} in it")

@@ -98,3 +98,16 @@ def test_ship_base_writes_a_card_with_the_recipe_and_file_hashes(tmp_path):
     assert card["files"] == builtin.file_digests(target, sorted(card["files"]))
     with pytest.raises(ValueError, match="--ship needs a plain folder name"):
         ship_base(config, source, scores, "../x", root=tmp_path / "shipped")
+
+
+def test_pretrain_rejects_a_bad_ship_name_before_any_work(capsys, monkeypatch):
+    from razor_robot import cli
+    from razor_robot.stages import base
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("pretraining started before the name was checked")
+
+    monkeypatch.setattr(base, "base_checkpoint", no_work)
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml")
+    assert cli.main(["pretrain", config, "--ship", "../elsewhere"]) == 2
+    assert "--ship needs a plain folder name" in capsys.readouterr().err
