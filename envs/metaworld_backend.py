@@ -98,6 +98,23 @@ class CameraView:
     elevation: float = -40.0
     """Degrees below the horizon."""
 
+    @classmethod
+    def of(cls, value: Any) -> "CameraView":
+        """A view from a config: None (the default view), a CameraView, or a mapping of its fields."""
+        if value is None or isinstance(value, CameraView):
+            return value or cls()
+        if not isinstance(value, dict):
+            raise ValueError(f"camera must be a mapping of {sorted(cls.__dataclass_fields__)}, got {value!r}")
+        unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown camera field(s) {unknown}; expected some of {sorted(cls.__dataclass_fields__)}")
+        fields = dict(value)
+        if "lookat" in fields:
+            fields["lookat"] = tuple(float(v) for v in fields["lookat"])
+            if len(fields["lookat"]) != 3:
+                raise ValueError(f"camera.lookat must be 3 numbers (x, y, z), got {value['lookat']!r}")
+        return cls(**fields)
+
     def to_mjv(self) -> "mujoco.MjvCamera":
         cam = mujoco.MjvCamera()
         cam.type = mujoco.mjtCamera.mjCAMERA_FREE
@@ -395,7 +412,7 @@ class MetaWorldTaskEnv(gym.Env):
         image_size: int = 64,
         success_mode: str = "final",
         action_repeat: Optional[int] = None,
-        camera: Optional[CameraView] = None,
+        camera: Optional[CameraView | Dict[str, Any]] = None,
         render_mode: Optional[str] = None,
         viewer_size: Optional[int] = None,
         viewer_camera: Optional[CameraView] = None,
@@ -409,7 +426,7 @@ class MetaWorldTaskEnv(gym.Env):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        self.camera = camera or CameraView()
+        self.camera = CameraView.of(camera)
         # A second render of the same state for videos: its own camera and size, after the policy's image.
         self.viewer_size = None if viewer_size is None else check_image_size(viewer_size)
         self.viewer_camera = viewer_camera or VIEWER_CAMERA

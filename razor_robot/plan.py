@@ -275,11 +275,13 @@ def plan_text(config: SweepConfig, assume: PlanAssumptions | None = None) -> str
     shape = policy_shape(config)
     processes = assume.processes or (8 if config.distributed.strategy != "none" else 1)
     stages, n_checkpoints = sweep_stages(config, runs, assume)
+    n_bases = len(config.bases())
     counts = {m: sum(r.method == m for r in runs) for m in ("sft", "rl", "oracle-sft", "distill-sft")}
     lines = [f"plan: {config.name} ({config.backend}, policy {config.policy.name}: {shape.parameters:,} parameters, "
              f"{shape.trainable:,} trained)",
              f"runs: {len(runs)} = " + " + ".join(f"{n} {m}" for m, n in counts.items() if n)
-             + f" (grid x {len(config.seeds)} seed{'s' if len(config.seeds) > 1 else ''}), one base"]
+             + f" (grid x {len(config.seeds)} seed{'s' if len(config.seeds) > 1 else ''})"
+             + (", one base" if n_bases == 1 else f" per base, {n_bases} bases: the table is one base's")]
     header = f"{'stage':<44} {'episodes':>9} {'env steps':>11} {'opt. steps':>10}  notes"
     lines += ["", header, "-" * len(header)]
     for s in stages:
@@ -287,7 +289,11 @@ def plan_text(config: SweepConfig, assume: PlanAssumptions | None = None) -> str
     total = Stage("total", *(sum(getattr(s, f) for s in stages) for f in
                              ("episodes", "env_steps", "optimizer_steps", "train_samples", "policy_steps")))
     lines += ["-" * len(header),
-              f"{'total':<44} {total.episodes:>9,} {total.env_steps:>11,} {total.optimizer_steps:>10,}", ""]
+              f"{'total':<44} {total.episodes:>9,} {total.env_steps:>11,} {total.optimizer_steps:>10,}"]
+    if n_bases > 1:  # every base runs the whole table again (its own evaluation, demonstrations and runs)
+        lines.append(f"{f'total, {n_bases} bases':<44} {n_bases * total.episodes:>9,} {n_bases * total.env_steps:>11,} "
+                     f"{n_bases * total.optimizer_steps:>10,}")
+    lines.append("")
     dtype = config.checkpoint_dtype()
     per_checkpoint = shape.parameters * BYTES[dtype]
     kept = n_checkpoints if config.checkpoints.keep == "all" else len(runs)

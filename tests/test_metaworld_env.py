@@ -68,6 +68,17 @@ def test_can_placed_exactly_and_visible(pick_env):
     assert np.linalg.norm(centroids[0] - centroids[1]) > 10  # pixels: the red blob is the can
 
 
+def test_a_config_camera_moves_the_view(pick_env):
+    """`env: {camera: {...}}` in a config: a closer camera shows the can bigger than the default view does."""
+    xy = {"object_xy": (0.0, 0.65)}
+    default = _red_mask(pick_env.reset(seed=0, options=xy)[0]["image"]).sum()
+    near = make_env("pick-can", camera={"lookat": [0.02, 0.68, 0.06], "distance": 0.65, "elevation": -50.0})
+    assert near.unwrapped.camera.lookat == (0.02, 0.68, 0.06) and near.unwrapped.camera.azimuth == 180.0
+    closer = _red_mask(near.reset(seed=0, options=xy)[0]["image"]).sum()
+    near.close()
+    assert closer > 1.5 * default
+
+
 @pytest.mark.parametrize("task", ["open-drawer", "close-drawer"])
 def test_drawers_have_no_red_and_seeded_placement(task):
     env = make_env(task)
@@ -143,6 +154,8 @@ def test_bad_inputs_fail_with_one_line_value_errors(pick_env):
         (lambda: make_env("pick-can", image_size=0), "image_size"),
         (lambda: make_env("pick-can", success_mode="median"), "success_mode"),
         (lambda: make_env("pick-can", action_repeat=0), "action_repeat"),
+        (lambda: make_env("pick-can", camera={"zoom": 2}), "unknown camera field(s) ['zoom']"),
+        (lambda: make_env("pick-can", camera={"lookat": [0, 0.7]}), "camera.lookat must be 3 numbers"),
     ]
     for call, fragment in cases:
         with pytest.raises(ValueError) as excinfo:

@@ -67,3 +67,11 @@ def test_bad_configs_fail_in_one_line(tmp_path, capsys):
     assert "checkpoints.keep must be one of all, best, got 'some'" in capsys.readouterr().err
     assert main(["plan", str(ROOT / "configs/quickstart.yaml"), "--tflops", "0"]) == 2
     assert "--tflops must be > 0" in capsys.readouterr().err
+
+
+def test_several_bases_multiply_the_plan(capsys):
+    """reproduce.yaml fine-tunes three bases: every stage of the table runs once per base."""
+    assert main(["plan", str(ROOT / "configs/reproduce.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "per base, 3 bases: the table is one base's" in text
+    assert _row(text, "total, 3 bases") == [3 * n for n in _row(text, "total ")]
