@@ -36,7 +36,7 @@ def _parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
 
 def _load_config(path: str, overrides: Sequence[str] = ()):
     from razor_robot.config import from_dict, set_dotted
-    from razor_robot.experiment import SweepConfig
+    from razor_robot.experiment.schema import SweepConfig
 
     from razor_robot.config import ConfigError
 
@@ -55,9 +55,9 @@ def _load_config(path: str, overrides: Sequence[str] = ()):
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from razor_robot.env_pool import ROLLOUT_TOTALS
-    from razor_robot.stages.report import write_report
-    from razor_robot.sweep import run_sweep
+    from razor_robot.rollout.pool import ROLLOUT_TOTALS
+    from razor_robot.experiment.stages.report import write_report
+    from razor_robot.experiment.sweep import run_sweep
 
     overrides = list(args.set) + ([f"engine={args.engine}"] if args.engine else [])
     config = _load_config(args.config, overrides)
@@ -77,8 +77,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """One run = a sweep holding only this method, with an empty grid."""
-    from razor_robot.stages.report import write_report
-    from razor_robot.sweep import run_sweep
+    from razor_robot.experiment.stages.report import write_report
+    from razor_robot.experiment.sweep import run_sweep
 
     key = args.method.replace("-", "_")
     if args.demos is not None:
@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     """Build every base of the config from its recipe (a shipped base named by base.checkpoint is rebuilt,
     not loaded), evaluate it, and with --ship copy it into the package's shipped bases with its card."""
-    from razor_robot.stages.base import base_checkpoint, base_evaluation, ship_base
+    from razor_robot.experiment.stages.base import base_checkpoint, base_evaluation, ship_base
 
     config = _load_config(args.config, args.set)
     if args.ship is not None and (not args.ship.strip() or "/" in args.ship or args.ship.startswith(".")):
@@ -124,8 +124,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from razor_robot.data import save_dataset
-    from razor_robot.stages.demos import collect_demos
+    from razor_robot.training.data import save_dataset
+    from razor_robot.experiment.stages.demos import collect_demos
     from razor_robot.policies.action_tokenizer import compute_norm_stats
 
     config = _load_config(args.config, args.set)
@@ -153,10 +153,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from razor_robot.evaluation import evaluate_policy, forgetting_fields
-    from razor_robot.stages.base import base_checkpoint, base_evaluation
-    from razor_robot.stages.evaluate import FixedSets, checkpoint_measurements
-    from razor_robot.stages.load import adapter_factory_for, load_for_training
+    from razor_robot.measure.evaluation import evaluate_policy, forgetting_fields
+    from razor_robot.experiment.stages.base import base_checkpoint, base_evaluation
+    from razor_robot.experiment.stages.evaluate import FixedSets, checkpoint_measurements
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
 
     config = _load_config(args.config, args.set)
     if not Path(args.checkpoint).exists():
@@ -175,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             scores.update(forgetting_fields(base.scores()["episodes"], scores["episodes"], config.eval.prior_tasks))
             scores.update(checkpoint_measurements(config, policy, load_for_training(str(base_dir), spec).eval(),
                                                   FixedSets(base), seed=0))
-    from razor_robot.records import dumps_strict
+    from razor_robot.io import dumps_strict
 
     text = dumps_strict(scores, indent=2)
     if args.out:
@@ -186,14 +186,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from razor_robot.plan import PlanAssumptions, plan_text
+    from razor_robot.experiment.cost import PlanAssumptions, plan_text
 
     assume = PlanAssumptions(tflops=args.tflops, processes=args.gpus, demonstrator_success=args.demonstrator_success)
     print(plan_text(_load_config(args.config, args.set), assume))
 
 
 def cmd_frontier(args: argparse.Namespace) -> None:
-    from razor_robot.summary import frontier_report
+    from razor_robot.report.summary import frontier_report
 
     if not Path(args.results).exists():
         raise FileNotFoundError(f"results file not found: {args.results}")
@@ -204,8 +204,10 @@ def cmd_frontier(args: argparse.Namespace) -> None:
 
 def cmd_video(args: argparse.Namespace) -> None:
     from razor_robot.envs import eval_positions, position_ranges, require_backend, task_spec
-    from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, rollout
-    from razor_robot.video import write_rollout_video
+    from razor_robot.rollout.demonstrator import DemonstratorPolicy
+    from razor_robot.rollout.episodes import EpisodeRequest
+    from razor_robot.rollout.pool import rollout
+    from razor_robot.report.video import write_rollout_video
 
     task_spec(args.task, args.backend)  # one-line error on an unknown task/backend
     require_backend(args.backend)
@@ -230,9 +232,9 @@ def cmd_video(args: argparse.Namespace) -> None:
     else:
         if not Path(args.policy).exists():
             raise FileNotFoundError(f"--policy: checkpoint not found: {args.policy} (or use 'scripted')")
-        from razor_robot.acting import VLAActor
-        from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec
-        from razor_robot.stages.load import adapter_factory_for, load_for_training
+        from razor_robot.rollout.actor import VLAActor
+        from razor_robot.experiment.schema import EMBEDDED_UNNORM_KEY, PolicySpec
+        from razor_robot.experiment.loading import adapter_factory_for, load_for_training
 
         unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
         policy = VLAActor(load_for_training(args.policy, PolicySpec()), unnorm_key=unnorm_key,
@@ -257,7 +259,7 @@ def _video_env_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _video_requests(args: argparse.Namespace) -> list[Any]:
     from razor_robot.envs import eval_positions, position_ranges
-    from razor_robot.rollout import EpisodeRequest
+    from razor_robot.rollout.episodes import EpisodeRequest
 
     xy = None
     if args.task == "pick-can":
@@ -269,12 +271,12 @@ def _video_requests(args: argparse.Namespace) -> list[Any]:
 
 def _comparison_video(args: argparse.Namespace) -> None:
     """Checkpoints side by side on the same episodes, each captioned with its success on them (count, 95% CI)."""
-    from razor_robot.acting import VLAActor
-    from razor_robot.env_pool import EnvPool
-    from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec
-    from razor_robot.stages.load import adapter_factory_for, load_for_training
-    from razor_robot.stats import wilson_interval
-    from razor_robot.video import write_comparison_video
+    from razor_robot.rollout.actor import VLAActor
+    from razor_robot.rollout.pool import EnvPool
+    from razor_robot.experiment.schema import EMBEDDED_UNNORM_KEY, PolicySpec
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+    from razor_robot.report.stats import wilson_interval
+    from razor_robot.report.video import write_comparison_video
 
     unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
     requests = _video_requests(args)
