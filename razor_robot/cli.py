@@ -300,6 +300,27 @@ def _comparison_video(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ parser
 
 
+def add_video_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``video`` command's options."""
+    p.add_argument("--task", required=True, help="pick-can, open-drawer or close-drawer")
+    p.add_argument("--policy", default="scripted", help="'scripted' (expert) or a checkpoint directory")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="repeat for a side-by-side video of checkpoints on the same episodes (replaces --policy)")
+    p.add_argument("--camera-size", type=int, default=256,
+                   help="Meta-World: the video's own camera at this size (the policy's input is unchanged); "
+                   "0 shows the policy's frames")
+    p.add_argument("--backend", default="metaworld", help="metaworld (default) or simpler")
+    p.add_argument("--episodes", type=int, default=4, help="episodes in the mosaic")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--image-size", type=int, default=64, help="the policy's camera size in pixels (its input)")
+    p.add_argument("--tile", type=int, default=256, help="tile size of each episode in the video")
+    p.add_argument("--fps", type=int, default=10, help="frames per second")
+    p.add_argument("--seed", type=int, default=0, help="episode seed (and eval-position seed)")
+    p.add_argument("--workers", type=int, default=2, help="parallel env workers")
+    p.add_argument("--temperature", type=float, default=0.0, help="decoding temperature for checkpoints")
+    p.add_argument("--unnorm-key", help="action statistics key of a checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="razor-robot", description="Measure what fine-tuning costs a robot policy (RL's Razor): SFT vs RL "
@@ -364,24 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="multiply scores (100 if they are fractions)")
     p.add_argument("--tolerance", type=float, default=2.0, help="points from the frontier to keep (default 2)")
 
-    p = add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.", cmd_video, config=False)
-    p.add_argument("--task", required=True, help="pick-can, open-drawer or close-drawer")
-    p.add_argument("--policy", default="scripted", help="'scripted' (expert) or a checkpoint directory")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
-                   help="repeat for a side-by-side video of checkpoints on the same episodes (replaces --policy)")
-    p.add_argument("--camera-size", type=int, default=256,
-                   help="Meta-World: the video's own camera at this size (the policy's input is unchanged); "
-                   "0 shows the policy's frames")
-    p.add_argument("--backend", default="metaworld", help="metaworld (default) or simpler")
-    p.add_argument("--episodes", type=int, default=4, help="episodes in the mosaic")
-    p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--image-size", type=int, default=64, help="the policy's camera size in pixels (its input)")
-    p.add_argument("--tile", type=int, default=256, help="tile size of each episode in the video")
-    p.add_argument("--fps", type=int, default=10, help="frames per second")
-    p.add_argument("--seed", type=int, default=0, help="episode seed (and eval-position seed)")
-    p.add_argument("--workers", type=int, default=2, help="parallel env workers")
-    p.add_argument("--temperature", type=float, default=0.0, help="decoding temperature for checkpoints")
-    p.add_argument("--unnorm-key", help="action statistics key of a checkpoint")
+    add_video_arguments(add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.", cmd_video,
+                            config=False))
     return parser
 
 

@@ -223,19 +223,9 @@ def action_token_distances(
     with torch.inference_mode(), _eval_mode(base_policy, policy):
         for start in range(0, n_obs * n_prefix, batch_size):
             rows = np.arange(start, min(start + batch_size, n_obs * n_prefix))
-            batch_images = _take(images, obs_rows[rows])
-            batch_instructions = [instructions[i] for i in obs_rows[rows]]
-            with enter_base():
-                if flat_prefixes is None:
-                    tokens = base_policy.sample_actions(
-                        batch_images, batch_instructions, temperature=1.0, generator=generator
-                    )  # (b, D)
-                else:
-                    tokens = flat_prefixes[rows]  # (b, D)
-                base_logits = base_policy.action_logits(batch_images, batch_instructions, tokens)  # (b, D, K)
-            logits = policy.action_logits(batch_images, batch_instructions, tokens)  # (b, D, K)
-            dists = token_distances(base_logits, logits)
-            stacked = torch.stack([dists[name] for name in DISTANCES]).cpu()  # (4, b, D)
+            stacked = _row_distances(base_policy, policy, _take(images, obs_rows[rows]),
+                                     [instructions[i] for i in obs_rows[rows]],
+                                     None if flat_prefixes is None else flat_prefixes[rows], generator, enter_base)
             batch_sum = torch.einsum("nbd,b->nd", stacked, weights[rows])  # (4, D)
             totals = batch_sum if totals is None else totals + batch_sum
             # each observation's rows carry weight 1/B in total: × B makes them a per-observation average
@@ -246,6 +236,20 @@ def action_token_distances(
     if ci_resamples > 0:
         metrics.update(_bootstrap_cis(per_obs.numpy(), ci_resamples, ci_seed))
     return metrics
+
+
+def _row_distances(base_policy: Any, policy: Any, images: Any, instructions: list[str], prefixes: Any,
+                   generator: torch.Generator | None, enter_base: Callable[[], ContextManager[Any]]) -> torch.Tensor:
+    """(4, b, D) per-position distances of b rows, at prefixes sampled from π0 (or the given ones (b, D))."""
+    with enter_base():
+        if prefixes is None:
+            tokens = base_policy.sample_actions(images, instructions, temperature=1.0, generator=generator)  # (b, D)
+        else:
+            tokens = prefixes  # (b, D)
+        base_logits = base_policy.action_logits(images, instructions, tokens)  # (b, D, K)
+    logits = policy.action_logits(images, instructions, tokens)  # (b, D, K)
+    dists = token_distances(base_logits, logits)
+    return torch.stack([dists[name] for name in DISTANCES]).cpu()  # (4, b, D)
 
 
 def _bootstrap_cis(per_obs: np.ndarray, n_resamples: int, seed: int) -> dict[str, list[float]]:

@@ -1,4 +1,5 @@
-"""Pieces shared by SFT and RL: the optimiser recipe, action-token targets, augmentation, NaN guard."""
+"""Pieces shared by SFT and RL: the optimiser recipe and its set-up, the checkpoint schedule, action-token targets,
+augmentation, the NaN guard."""
 
 from __future__ import annotations
 
@@ -87,6 +88,21 @@ def make_optimizer(model: torch.nn.Module, config: OptimConfig, total_steps: int
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config, total_steps))
     return optimizer, scheduler
+
+
+def prepare_training(accelerator: Any, policy: torch.nn.Module, config: OptimConfig,
+                     total_steps: int | None = None) -> tuple[Any, Any, Any]:
+    """(model, optimizer, scheduler): the policy and its AdamW prepared by the accelerator (DDP/FSDP wrappers,
+    or the objects themselves with one process), shared by SFT and RL."""
+    model = accelerator.prepare(policy)
+    optimizer, scheduler = make_optimizer(model, config, total_steps)
+    return model, accelerator.prepare(optimizer), scheduler
+
+
+def checkpoint_schedule(total: int, checkpoints: int) -> list[int]:
+    """The steps (or iterations) 1..``total`` at which ``checkpoints`` evenly spaced checkpoints are saved, the
+    last one at ``total``: the final model is always a checkpoint."""
+    return sorted({max(1, round(total * (i + 1) / checkpoints)) for i in range(checkpoints)})
 
 
 def action_bins(policy: Any, actions: np.ndarray, unnorm_key: str) -> np.ndarray:

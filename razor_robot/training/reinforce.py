@@ -54,7 +54,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from razor_robot.rollout.actor import VLAActor
 from razor_robot.training.distributed import RolloutCopy, make_accelerator, micro_batches
 from razor_robot.rollout.episodes import EpisodeRequest, Trajectory
-from razor_robot.training.optim import OptimConfig, finite_or_raise, make_optimizer
+from razor_robot.training.optim import OptimConfig, checkpoint_schedule, finite_or_raise, prepare_training
 
 VARIANTS = ("reinforce", "reinforce-01", "kl-reinforce", "grpo")
 
@@ -209,6 +209,45 @@ def minibatch_loss(policy: Any, batch: StepBatch, idx: np.ndarray, config: RLCon
     return loss, {"pg_loss": loss.item()}
 
 
+@dataclass
+class Learner:
+    """What an RL run updates and rolls out with, made once by :func:`train_reinforce`."""
+
+    accelerator: Any
+    model: Any
+    """The policy as prepared for training (a DDP/FSDP wrapper, or the policy itself)."""
+    optimizer: Any
+    scheduler: Any
+    rollout_copy: RolloutCopy
+    """An unsharded copy of the weights for rollouts and diagnostics (the policy itself with one process)."""
+    actor: VLAActor
+    base_logits_fn: Callable | None
+    """Teacher-forced logits of the base policy (kl-reinforce's penalty, the KL-to-base diagnostic), or None."""
+    episode_seeds: np.random.Generator
+    """Episode seeds, drawn for every grid point on every rank: the same stream everywhere."""
+    minibatch_order: torch.Generator
+    """Shuffles each iteration's steps into minibatches (per rank)."""
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+
+class IterationCounts(NamedTuple):
+    """An iteration's rollouts summed over all processes."""
+
+    steps_per_process: np.ndarray
+    """(world,) env steps each process collected: the minibatches are cut from these."""
+    successes: int
+    active_episodes: int
+    """Episodes with a non-zero advantage."""
+    episodes: int
+
+
 def train_reinforce(
     policy: Any,
     positions: np.ndarray,
@@ -227,119 +266,175 @@ def train_reinforce(
 ) -> dict[str, float]:
     """Fine-tune ``policy`` in place on ``task`` from the training grid ``positions`` (P, 2).
 
-    ``meter(iteration, policy)`` (razor_robot.measure.meter) runs after every iteration; what it returns is logged.
-    Every iteration logs (``log(stats, iteration)``) rollout success, the fraction of groups whose rewards are
-    all equal (zero advantage), the mean pre-clipping gradient norm, and on ``diagnostic_steps`` of the
-    iteration's steps the action-token entropy and the KL to the previous iterate and to the base.
+    Each iteration runs the paper's steps, one function each: :func:`collect_groups` (G episodes per grid
+    point), :func:`group_advantages`, :func:`update` (the policy-gradient steps) and :func:`iteration_stats`.
 
-    With an ``accelerator`` over several processes (see razor_robot.training.distributed) each process rolls out the
-    grid points ``g`` with ``g % world == rank`` (whole groups, so advantages stay local) with an unsharded
-    copy of the policy, and the iteration's optimiser steps are formed over all processes' steps together.
+    ``meter(iteration, policy)`` (razor_robot.measure.meter) runs after every iteration; what it returns is
+    logged. Every iteration logs (``log(stats, iteration)``) rollout success, the fraction of groups whose
+    rewards are all equal (zero advantage), the mean pre-clipping gradient norm, and on ``diagnostic_steps`` of
+    the iteration's steps the action-token entropy and the KL to the previous iterate and to the base.
+
+    With an ``accelerator`` over several processes (see razor_robot.training.distributed) each process rolls
+    out the grid points ``g`` with ``g % world == rank`` (whole groups, so advantages stay local) with an
+    unsharded copy of the policy, and the iteration's optimiser steps are formed over all processes' steps
+    together.
     """
     if len(positions) == 0:
         raise ValueError("no training positions")
     accelerator = accelerator or make_accelerator(cpu=policy.device.type == "cpu")
+    if len(positions) < accelerator.num_processes:
+        raise ValueError(f"{len(positions)} training positions cannot be shared by {accelerator.num_processes} "
+                         f"processes")
+    learner = make_learner(policy, config, unnorm_key=unnorm_key, adapter_factory=adapter_factory,
+                           base_policy=base_policy, accelerator=accelerator)
+    checkpoint_iterations = checkpoint_schedule(config.iterations, config.checkpoints)
+    start, opt_step, history = time.perf_counter(), 0, []
+    bar = tqdm(range(1, config.iterations + 1), desc="rl", disable=not progress, leave=False)
+    for iteration in bar:
+        trajectories, groups = collect_groups(learner, positions, config, task, pool,
+                                              progress=f"rl rollouts {iteration}" if progress else False)
+        rewards = np.array([float(t.success) for t in trajectories])
+        advantages = group_advantages(rewards, groups, config.variant, config.advantage_eps)
+        batch = steps_from_trajectories(trajectories, advantages)
+        if config.variant == "grpo":  # the rollout policy's log-probs (its weights equal the model's here)
+            batch.old_token_logp = _old_log_probs(learner.rollout_copy.policy, batch, config.optim.micro_batch)
+        counts = gather_counts(learner.accelerator, batch, rewards, advantages)
+        # Its own stream: switching the diagnostics on or off leaves the episodes and updates unchanged.
+        probe = (_diagnostic_probe(batch, config.diagnostic_steps, np.random.default_rng([config.seed, iteration]))
+                 if learner.world == 1 else None)
+        learner.model.eval()
+        before = _probe_logits(learner.rollout_copy.policy, batch, probe, config.optim.micro_batch)
+        update_stats, opt_step = update(learner, policy, batch, counts, config, opt_step)
+        history.append((counts.successes, counts.episodes))
+        stats = iteration_stats(learner, batch, config, counts, rewards, groups, update_stats, history,
+                                probe, before)
+        measured = meter(iteration, policy) if meter is not None else {}
+        stats.update(measured)
+        bar.set_postfix(success=f"{stats['rl/success']:.2f}",
+                        **{k.split("/")[-1]: f"{v:.3g}" for k, v in measured.items()})
+        if log is not None:
+            log(stats, iteration)
+        if iteration in checkpoint_iterations and on_checkpoint is not None:
+            on_checkpoint(iteration, iteration / config.iterations, learner.model)
+    bar.close()
+    rates = [k / n for k, n in history]
+    return {"rl/final_rollout_success": rates[-1], "rl/first_rollout_success": rates[0],
+            **rollout_stability(history), "train/optimizer_steps": opt_step,
+            "train/seconds": time.perf_counter() - start}
+
+
+def make_learner(policy: Any, config: RLConfig, *, unnorm_key: str, adapter_factory: Callable[[], Any] | None,
+                 base_policy: Any | None, accelerator: Any) -> Learner:
+    """The prepared model and optimiser, the rollout copy and its actor, the base's logits, the random streams."""
     rank, world = accelerator.process_index, accelerator.num_processes
-    if len(positions) < world:
-        raise ValueError(f"{len(positions)} training positions cannot be shared by {world} processes")
-    generator = np.random.default_rng(config.seed)
-    torch_generator = torch.Generator().manual_seed(config.seed + rank)
+    episode_seeds = np.random.default_rng(config.seed)
+    minibatch_order = torch.Generator().manual_seed(config.seed + rank)
     rollout_copy = RolloutCopy(accelerator, policy)  # before prepare(): FSDP shards the policy in place
     actor = VLAActor(rollout_copy.policy, unnorm_key=unnorm_key, temperature=config.temperature,
                      seed=config.seed + rank, adapter_factory=adapter_factory)
-    model = accelerator.prepare(policy)
-    optimizer, scheduler = make_optimizer(model, config.optim)
-    optimizer = accelerator.prepare(optimizer)
+    model, optimizer, scheduler = prepare_training(accelerator, policy, config.optim)
     rollout_copy.refresh(model)  # under FSDP the rollout copy is built empty: its first weights
     base_logits_fn = None
     if config.variant == "kl-reinforce" or (config.diagnostic_steps and world == 1):
         base_logits_fn = _base_logits(rollout_copy.policy if base_policy is None else base_policy,
                                       copy_weights=base_policy is None)
-    checkpoint_iterations = {max(1, round(config.iterations * (i + 1) / config.checkpoints))
-                             for i in range(config.checkpoints)}
-    start, opt_step, history = time.perf_counter(), 0, []
-    bar = tqdm(range(1, config.iterations + 1), desc="rl", disable=not progress, leave=False)
-    for iteration in bar:
-        requests, groups = [], []
-        for g, xy in enumerate(positions):
-            for _ in range(config.rollouts_per_point):
-                seed = int(generator.integers(2**31 - 1))  # drawn for every point: the same stream on all ranks
-                if g % world == rank:
-                    requests.append(EpisodeRequest(task, seed, (float(xy[0]), float(xy[1]))))
-                    groups.append(g)
-        trajectories = pool.rollout(requests, actor, progress=f"rl rollouts {iteration}" if progress else False)
-        rewards = np.array([float(t.success) for t in trajectories])
-        advantages = group_advantages(rewards, np.asarray(groups), config.variant, config.advantage_eps)
-        batch = steps_from_trajectories(trajectories, advantages)
-        if config.variant == "grpo":  # the rollout policy's log-probs (its weights equal the model's here)
-            batch.old_token_logp = _old_log_probs(rollout_copy.policy, batch, config.optim.micro_batch)
-        counts = accelerator.gather(torch.tensor([len(batch.tokens), rewards.sum(), np.sum(advantages != 0),
-                                                  len(rewards)], dtype=torch.float64, device=accelerator.device))
-        counts = counts.reshape(world, 4).cpu().numpy()  # per process: steps, successes, active episodes, episodes
-        stats = {"rl/success": float(counts[:, 1].sum() / counts[:, 3].sum()),
-                 "rl/successes": int(counts[:, 1].sum()), "rl/episodes": int(counts[:, 3].sum()),
-                 "rl/active_fraction": float(counts[:, 2].sum() / counts[:, 3].sum()),
-                 "rl/zero_advantage_groups": _zero_advantage_groups(rewards, np.asarray(groups))}
-        # Its own stream: switching the diagnostics on or off leaves the episodes and updates unchanged.
-        probe = (_diagnostic_probe(batch, config.diagnostic_steps, np.random.default_rng([config.seed, iteration]))
-                 if world == 1 else None)
-        model.eval()
-        before = _probe_logits(rollout_copy.policy, batch, probe, config.optim.micro_batch)
-        # Minibatches of ~optim.batch_size steps over all processes: each process splits its shuffled steps into
-        # the same number of chunks; chunk k of every process together form optimiser step k.
-        steps_per_process = counts[:, 0].astype(int)
-        n_minibatches = config.optimizer_steps_per_iteration or max(
-            1, math.ceil(steps_per_process.sum() / config.optim.batch_size))
-        minibatch_sizes = sum(np.array([len(c) for c in np.array_split(np.arange(n), n_minibatches)])
-                              for n in steps_per_process)  # (n_minibatches,) global steps per optimiser step
-        model.train()
-        sums: dict[str, float] = {}
-        n_updates = 0
-        for _ in range(config.epochs_per_batch):
-            order = torch.randperm(len(batch.tokens), generator=torch_generator).numpy()
-            for chunk, global_size in zip(np.array_split(order, n_minibatches), minibatch_sizes):
-                optimizer.zero_grad(set_to_none=True)
-                loss_value, parts = 0.0, {}
-                # Gradients are averaged over processes: dividing by global_size / world gives the global mean.
-                for micro in micro_batches(chunk, int(global_size), config.optim.micro_batch, accelerator):
-                    loss, parts = minibatch_loss(policy, batch, micro, config, base_logits_fn, model=model,
-                                                 denominator=global_size / world, always_forward=world > 1)
-                    if loss.requires_grad:
-                        accelerator.backward(loss)
-                    loss_value += loss.item() / world
-                loss_value = float(accelerator.reduce(torch.tensor(loss_value, device=accelerator.device), "sum"))
-                finite_or_raise(loss_value, opt_step)
-                grad_norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                        config.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                opt_step += 1
-                step_stats = {**{f"rl/{k}": v for k, v in parts.items()}, "train/loss": loss_value,
-                              "rl/grad_norm": float(grad_norm)}
-                for key, value in step_stats.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                n_updates += 1
-        model.eval()
-        rollout_copy.refresh(model)
-        stats.update({key: value / n_updates for key, value in sums.items()})  # means over the iteration
-        stats["rl/optimizer_steps"] = n_updates
-        if before is not None:
-            stats.update(_diagnostics(before, _probe_logits(rollout_copy.policy, batch, probe, config.optim.micro_batch),
-                                      _probe_logits(base_logits_fn, batch, probe, config.optim.micro_batch)))
-        history.append((int(counts[:, 1].sum()), int(counts[:, 3].sum())))
-        rates = [k / n for k, n in history]
-        stats["rl/drawdown"] = max(rates) - rates[-1]  # below the running best, a fraction like rl/success
-        measured = meter(iteration, policy) if meter is not None else {}
-        stats.update(measured)
-        bar.set_postfix(success=f"{stats['rl/success']:.2f}", **{k.split("/")[-1]: f"{v:.3g}" for k, v in measured.items()})
-        if log is not None:
-            log(stats, iteration)
-        if iteration in checkpoint_iterations and on_checkpoint is not None:
-            on_checkpoint(iteration, iteration / config.iterations, model)
-    bar.close()
-    return {"rl/final_rollout_success": rates[-1], "rl/first_rollout_success": rates[0],
-            **rollout_stability(history), "train/optimizer_steps": opt_step,
-            "train/seconds": time.perf_counter() - start}
+    return Learner(accelerator, model, optimizer, scheduler, rollout_copy, actor, base_logits_fn, episode_seeds,
+                   minibatch_order)
+
+
+def collect_groups(learner: Learner, positions: np.ndarray, config: RLConfig, task: str, pool: Any, *,
+                   progress: bool | str) -> tuple[list[Trajectory], np.ndarray]:
+    """Step 1: G = ``rollouts_per_point`` on-policy episodes per grid point (this process's points), and each
+    episode's group (its grid point)."""
+    requests, groups = [], []
+    for g, xy in enumerate(positions):
+        for _ in range(config.rollouts_per_point):
+            seed = int(learner.episode_seeds.integers(2**31 - 1))  # drawn for every point: the same stream on all ranks
+            if g % learner.world == learner.rank:
+                requests.append(EpisodeRequest(task, seed, (float(xy[0]), float(xy[1]))))
+                groups.append(g)
+    trajectories = pool.rollout(requests, learner.actor, progress=progress)
+    return trajectories, np.asarray(groups)
+
+
+def gather_counts(accelerator: Any, batch: StepBatch, rewards: np.ndarray, advantages: np.ndarray) -> IterationCounts:
+    """Steps, successes, active and all episodes of every process."""
+    counts = accelerator.gather(torch.tensor([len(batch.tokens), rewards.sum(), np.sum(advantages != 0),
+                                              len(rewards)], dtype=torch.float64, device=accelerator.device))
+    counts = counts.reshape(accelerator.num_processes, 4).cpu().numpy()  # (world, 4)
+    return IterationCounts(counts[:, 0].astype(int), int(counts[:, 1].sum()), int(counts[:, 2].sum()),
+                           int(counts[:, 3].sum()))
+
+
+def minibatch_sizes(steps_per_process: np.ndarray, config: RLConfig) -> tuple[int, np.ndarray]:
+    """The iteration's number of optimiser steps, and the global steps in each (n_minibatches,).
+
+    Minibatches of ~optim.batch_size steps over all processes: each process splits its shuffled steps into the
+    same number of chunks; chunk k of every process together form optimiser step k.
+    """
+    n_minibatches = config.optimizer_steps_per_iteration or max(
+        1, math.ceil(steps_per_process.sum() / config.optim.batch_size))
+    sizes = sum(np.array([len(c) for c in np.array_split(np.arange(n), n_minibatches)])
+                for n in steps_per_process)  # (n_minibatches,)
+    return n_minibatches, sizes
+
+
+def update(learner: Learner, policy: Any, batch: StepBatch, counts: IterationCounts, config: RLConfig,
+           opt_step: int) -> tuple[dict[str, float], int]:
+    """Step 3: the policy-gradient steps on the iteration's shuffled steps (``epochs_per_batch`` passes).
+    Returns the means of the steps' statistics and the optimiser step count so far."""
+    accelerator, model, world = learner.accelerator, learner.model, learner.world
+    n_minibatches, sizes = minibatch_sizes(counts.steps_per_process, config)
+    model.train()
+    sums: dict[str, float] = {}
+    n_updates = 0
+    for _ in range(config.epochs_per_batch):
+        order = torch.randperm(len(batch.tokens), generator=learner.minibatch_order).numpy()
+        for chunk, global_size in zip(np.array_split(order, n_minibatches), sizes):
+            learner.optimizer.zero_grad(set_to_none=True)
+            loss_value, parts = 0.0, {}
+            # Gradients are averaged over processes: dividing by global_size / world gives the global mean.
+            for micro in micro_batches(chunk, int(global_size), config.optim.micro_batch, accelerator):
+                loss, parts = minibatch_loss(policy, batch, micro, config, learner.base_logits_fn, model=model,
+                                             denominator=global_size / world, always_forward=world > 1)
+                if loss.requires_grad:
+                    accelerator.backward(loss)
+                loss_value += loss.item() / world
+            loss_value = float(accelerator.reduce(torch.tensor(loss_value, device=accelerator.device), "sum"))
+            finite_or_raise(loss_value, opt_step)
+            grad_norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                    config.optim.max_grad_norm)
+            learner.optimizer.step()
+            learner.scheduler.step()
+            opt_step += 1
+            step_stats = {**{f"rl/{k}": v for k, v in parts.items()}, "train/loss": loss_value,
+                          "rl/grad_norm": float(grad_norm)}
+            for key, value in step_stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+            n_updates += 1
+    model.eval()
+    learner.rollout_copy.refresh(model)
+    return {**{key: value / n_updates for key, value in sums.items()}, "rl/optimizer_steps": n_updates}, opt_step
+
+
+def iteration_stats(learner: Learner, batch: StepBatch, config: RLConfig, counts: IterationCounts,
+                    rewards: np.ndarray, groups: np.ndarray, update_stats: dict[str, float],
+                    history: list[tuple[int, int]], probe: np.ndarray | None,
+                    before: torch.Tensor | None) -> dict[str, float]:
+    """Step 4: what the iteration logs: rollout success, zero-advantage groups, the update's means, the
+    diagnostics on the probe steps (entropy, KL to the previous iterate and to the base), the drawdown."""
+    stats = {"rl/success": counts.successes / counts.episodes,
+             "rl/successes": counts.successes, "rl/episodes": counts.episodes,
+             "rl/active_fraction": counts.active_episodes / counts.episodes,
+             "rl/zero_advantage_groups": _zero_advantage_groups(rewards, groups)}
+    stats.update(update_stats)
+    if before is not None:
+        micro = config.optim.micro_batch
+        stats.update(_diagnostics(before, _probe_logits(learner.rollout_copy.policy, batch, probe, micro),
+                                  _probe_logits(learner.base_logits_fn, batch, probe, micro)))
+    rates = [k / n for k, n in history]
+    stats["rl/drawdown"] = max(rates) - rates[-1]  # below the running best, a fraction like rl/success
+    return stats
 
 
 def rollout_stability(history: list[tuple[int, int]]) -> dict[str, float]:

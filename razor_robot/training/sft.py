@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from razor_robot.training.dataset import DemoDataset
 from razor_robot.training.distributed import make_accelerator, micro_batches, process_share
 from razor_robot.training.optim import (
-    OptimConfig, action_bins, finite_or_raise, make_optimizer, shift_augment, soft_bin_targets,
+    OptimConfig, action_bins, checkpoint_schedule, finite_or_raise, prepare_training, shift_augment, soft_bin_targets,
 )
 
 
@@ -125,21 +125,14 @@ def train_sft(
         raise ValueError("empty dataset: nothing to fine-tune on")
     optim_cfg = config.optim
     accelerator = accelerator or make_accelerator(cpu=policy.device.type == "cpu")
-    world = accelerator.num_processes
     generator = torch.Generator().manual_seed(config.seed)
     if dataset.tokens is not None:
-        targets_all = torch.from_numpy(dataset.tokens - policy.action_token_offset)  # (N, D) sampled bins
+        targets = torch.from_numpy(dataset.tokens - policy.action_token_offset)  # (N, D) sampled bins
     else:
-        targets_all = torch.from_numpy(action_bins(policy, dataset.actions, unnorm_key))  # (N, D)
-    steps_per_epoch = max(1, len(dataset) // optim_cfg.batch_size)
-    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    checkpoint_steps = sorted({max(1, round(total_steps * (i + 1) / config.checkpoints))
-                               for i in range(config.checkpoints)})
-    model = accelerator.prepare(policy)
-    optimizer, scheduler = make_optimizer(model, optim_cfg, total_steps)
-    optimizer = accelerator.prepare(optimizer)
+        targets = torch.from_numpy(action_bins(policy, dataset.actions, unnorm_key))  # (N, D)
+    total_steps = sft_steps(len(dataset), config)
+    checkpoint_steps = checkpoint_schedule(total_steps, config.checkpoints)
+    model, optimizer, scheduler = prepare_training(accelerator, policy, optim_cfg, total_steps)
     model.train()
     order = torch.randperm(len(dataset), generator=generator)
     cursor, start, last_loss = 0, time.perf_counter(), float("nan")
@@ -149,23 +142,9 @@ def train_sft(
             order, cursor = torch.randperm(len(dataset), generator=generator), 0
         batch = order[cursor:cursor + optim_cfg.batch_size].numpy()
         cursor += optim_cfg.batch_size
-        # Augmentation draws from the shared generator for the whole batch, so every process stays in step.
-        images_all = torch.from_numpy(dataset.images[batch])  # (B, H, W, 3)
-        if config.shift_augment_px:
-            images_all = shift_augment(images_all, config.shift_augment_px, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros(())
-        share = process_share(np.arange(len(batch)), accelerator)
-        for micro in micro_batches(share, len(batch), optim_cfg.micro_batch, accelerator):
-            weight = len(micro) / len(batch)
-            if len(micro) == 0:  # keep collectives paired: a zero-weight pass over one sample
-                micro = np.arange(1)
-            loss = sft_loss(policy, images_all[micro], [dataset.instructions[i] for i in batch[micro]],
-                            targets_all[batch[micro]], config.label_sigma_bins, model=model, loss=config.loss)
-            # Gradients are averaged over processes: scale by the world size to get the global batch mean.
-            accelerator.backward(loss * weight * world)
-            loss_sum += loss.detach().cpu() * weight
-        last_loss = finite_or_raise(float(accelerator.reduce(loss_sum.to(accelerator.device), "sum")), step)
+        last_loss = finite_or_raise(sft_step_loss(policy, model, dataset, targets, batch, config, generator,
+                                                  accelerator), step)
         grad_norm = accelerator.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], optim_cfg.max_grad_norm)
         optimizer.step()
@@ -175,7 +154,7 @@ def train_sft(
         if log is not None:
             log({"train/loss": last_loss, "train/grad_norm": float(grad_norm),
                  "train/lr": scheduler.get_last_lr()[0],
-                 "charts/samples_per_s": step * optim_cfg.batch_size / (time.perf_counter() - start),
+                 "train/samples_per_s": step * optim_cfg.batch_size / (time.perf_counter() - start),
                  **measured}, step)
         if step in checkpoint_steps and on_checkpoint is not None:
             model.eval()
@@ -186,3 +165,33 @@ def train_sft(
     elapsed = time.perf_counter() - start
     return {"train/loss": last_loss, "train/steps": total_steps, "train/seconds": elapsed,
             "train/samples_per_s": total_steps * optim_cfg.batch_size / max(elapsed, 1e-9)}
+
+
+def sft_steps(n_samples: int, config: SFTConfig) -> int:
+    """Optimiser steps of a run: ``epochs`` passes of whole batches over ``n_samples``, at most ``max_steps``."""
+    steps_per_epoch = max(1, n_samples // config.optim.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    return total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+
+
+def sft_step_loss(policy: Any, model: Any, dataset: DemoDataset, targets: torch.Tensor, batch: np.ndarray,
+                  config: SFTConfig, generator: torch.Generator, accelerator: Any) -> float:
+    """Forward and backward of one optimiser batch (this process's share, in micro-batches); the batch's mean
+    loss over all processes."""
+    world = accelerator.num_processes
+    # Augmentation draws from the shared generator for the whole batch, so every process stays in step.
+    images = torch.from_numpy(dataset.images[batch])  # (B, H, W, 3)
+    if config.shift_augment_px:
+        images = shift_augment(images, config.shift_augment_px, generator)
+    loss_sum = torch.zeros(())
+    share = process_share(np.arange(len(batch)), accelerator)
+    for micro in micro_batches(share, len(batch), config.optim.micro_batch, accelerator):
+        weight = len(micro) / len(batch)
+        if len(micro) == 0:  # keep collectives paired: a zero-weight pass over one sample
+            micro = np.arange(1)
+        loss = sft_loss(policy, images[micro], [dataset.instructions[i] for i in batch[micro]],
+                        targets[batch[micro]], config.label_sigma_bins, model=model, loss=config.loss)
+        # Gradients are averaged over processes: scale by the world size to get the global batch mean.
+        accelerator.backward(loss * weight * world)
+        loss_sum += loss.detach().cpu() * weight
+    return float(accelerator.reduce(loss_sum.to(accelerator.device), "sum"))
