@@ -67,8 +67,7 @@ class RunLogger:
                                config={"method": run.method, "seed": run.seed, **run.hparams,
                                        "run": to_dict(run.config)})
         self._run.define_metric("eval/train_step")
-        for group in ("eval/*", "kl/*", "pred/*"):
-            self._run.define_metric(group, step_metric="eval/train_step")
+        self._on_eval_axis: set[str] = set()
 
     def _append(self, metrics: dict[str, Any]) -> None:
         with open(self._file, "a") as handle:
@@ -80,9 +79,13 @@ class RunLogger:
             self._run.log(metrics, step=step)
 
     def log_eval(self, metrics: dict[str, float], train_step: int) -> None:
-        """Checkpoint evaluations come after training: plotted against their own training-step axis."""
+        """Checkpoint evaluations come after training: every evaluated metric (the records' names: new_task,
+        forgetting, kl/*, pred/*, meter/*, ...) is plotted against their own training-step axis."""
         self._append({"eval/train_step": train_step, **metrics})
         if self._run is not None:
+            for key in set(metrics) - self._on_eval_axis:
+                self._run.define_metric(key, step_metric="eval/train_step")
+                self._on_eval_axis.add(key)
             self._run.log({**metrics, "eval/train_step": train_step})
 
     def summary(self, metrics: dict[str, float]) -> None:
