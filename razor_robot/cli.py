@@ -129,9 +129,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from razor_robot.policies.action_tokenizer import compute_norm_stats
 
     config = _load_config(args.config, args.set)
-    grid, _ = config.positions()
     task = args.task or config.eval.new_task
-    positions = grid if task == config.eval.new_task else None
+    positions = config.plan.grid if task == config.eval.new_task else None
     with config.env_pool() as pool:
         dataset, cached = collect_demos(config, task, positions, config.demos.episodes_per_point, config.demos.seed,
                                         pool, progress=not args.no_progress)
@@ -156,16 +155,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from razor_robot.measure.evaluation import evaluate_policy, forgetting_fields
     from razor_robot.experiment.stages.base import base_checkpoint, base_evaluation
     from razor_robot.experiment.stages.evaluate import FixedSets, checkpoint_measurements
-    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_inference
 
     config = _load_config(args.config, args.set)
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    _, positions = config.positions()
-    spec = dataclasses.replace(config.inference_policy(), lora=None)
-    policy = load_for_training(args.checkpoint, spec)
+    policy = load_for_inference(args.checkpoint, config)
     with config.env_pool() as pool:
-        scores, _ = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
+        scores, _ = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool, unnorm_key=config.unnorm_key,
                                     adapter_factory=adapter_factory_for(config.backend),
                                     progress=not args.no_progress)
         if not args.no_kl:  # distances, predictors and forgetting against the base (evaluated once, cached)
@@ -173,7 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
             base = base_evaluation(config, base_dir, out_dir, pool, progress=not args.no_progress)
             scores.update(forgetting_fields(base.scores()["episodes"], scores["episodes"], config.eval.prior_tasks))
-            scores.update(checkpoint_measurements(config, policy, load_for_training(str(base_dir), spec).eval(),
+            scores.update(checkpoint_measurements(config, policy, load_for_inference(str(base_dir), config).eval(),
                                                   FixedSets(base), seed=0))
     from razor_robot.io import dumps_strict
 
@@ -181,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-    print(f"evaluation: {config.eval.plan()[2]}")
+    print(f"evaluation: {config.plan.counts.note}")
     print(dumps_strict({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
 
 
@@ -203,9 +200,8 @@ def cmd_frontier(args: argparse.Namespace) -> None:
 
 
 def cmd_video(args: argparse.Namespace) -> None:
-    from razor_robot.envs import eval_positions, position_ranges, require_backend, task_spec
+    from razor_robot.envs import require_backend, task_spec
     from razor_robot.rollout.demonstrator import DemonstratorPolicy
-    from razor_robot.rollout.episodes import EpisodeRequest
     from razor_robot.rollout.pool import rollout
     from razor_robot.report.video import write_rollout_video
 
@@ -232,21 +228,8 @@ def cmd_video(args: argparse.Namespace) -> None:
     else:
         if not Path(args.policy).exists():
             raise FileNotFoundError(f"--policy: checkpoint not found: {args.policy} (or use 'scripted')")
-        from razor_robot.rollout.actor import VLAActor
-        from razor_robot.experiment.schema import EMBEDDED_UNNORM_KEY, PolicySpec
-        from razor_robot.experiment.loading import adapter_factory_for, load_for_training
-
-        unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
-        policy = VLAActor(load_for_training(args.policy, PolicySpec()), unnorm_key=unnorm_key,
-                          temperature=args.temperature, seed=args.seed,
-                          adapter_factory=adapter_factory_for(args.backend))
-    with_positions = args.task == "pick-can"
-    if with_positions:
-        x_range, y_range = position_ranges(args.backend)
-        xy = eval_positions(args.episodes, seed=args.seed, x_range=x_range, y_range=y_range, backend=args.backend)
-    requests = [EpisodeRequest(args.task, args.seed + i, tuple(map(float, xy[i])) if with_positions else None)
-                for i in range(args.episodes)]
-    trajectories = rollout(requests, policy, backend=args.backend, env_options=_video_env_options(args),
+        policy = _checkpoint_actor(args, args.policy)
+    trajectories = rollout(_video_requests(args), policy, backend=args.backend, env_options=_video_env_options(args),
                            num_workers=args.workers, progress=not args.no_progress)
     path = write_rollout_video(trajectories, args.out, fps=args.fps, tile_size=args.tile)
     successes = sum(t.success for t in trajectories)
@@ -255,6 +238,18 @@ def cmd_video(args: argparse.Namespace) -> None:
 
 def _video_env_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"image_size": args.image_size, **({"viewer_size": args.camera_size} if args.camera_size else {})}
+
+
+def _checkpoint_actor(args: argparse.Namespace, checkpoint: str) -> Any:
+    """A checkpoint as the video's BatchPolicy, with the backend's action statistics unless --unnorm-key."""
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+    from razor_robot.experiment.plan import default_unnorm_key
+    from razor_robot.experiment.schema import PolicySpec
+    from razor_robot.rollout.actor import VLAActor
+
+    return VLAActor(load_for_training(checkpoint, PolicySpec()),
+                    unnorm_key=args.unnorm_key or default_unnorm_key(args.backend), temperature=args.temperature,
+                    seed=args.seed, adapter_factory=adapter_factory_for(args.backend))
 
 
 def _video_requests(args: argparse.Namespace) -> list[Any]:
@@ -271,22 +266,15 @@ def _video_requests(args: argparse.Namespace) -> list[Any]:
 
 def _comparison_video(args: argparse.Namespace) -> None:
     """Checkpoints side by side on the same episodes, each captioned with its success on them (count, 95% CI)."""
-    from razor_robot.rollout.actor import VLAActor
-    from razor_robot.rollout.pool import EnvPool
-    from razor_robot.experiment.schema import EMBEDDED_UNNORM_KEY, PolicySpec
-    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
     from razor_robot.report.stats import wilson_interval
     from razor_robot.report.video import write_comparison_video
+    from razor_robot.rollout.pool import EnvPool
 
-    unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
     requests = _video_requests(args)
     columns = []
     with EnvPool(args.backend, _video_env_options(args), num_workers=args.workers) as pool:
         for checkpoint in args.checkpoint:
-            actor = VLAActor(load_for_training(checkpoint, PolicySpec()), unnorm_key=unnorm_key,
-                             temperature=args.temperature, seed=args.seed,
-                             adapter_factory=adapter_factory_for(args.backend))
-            trajectories = pool.rollout(requests, actor, progress=not args.no_progress)
+            trajectories = pool.rollout(requests, _checkpoint_actor(args, checkpoint), progress=not args.no_progress)
             k, n = sum(t.success for t in trajectories), len(trajectories)
             lo, hi = wilson_interval(k, n)
             rate = f"{args.task} {100 * k / n:.1f}% ({k}/{n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})"

@@ -44,7 +44,7 @@ def main() -> None:
     x_range, y_range = position_ranges(config.backend, config.position_range)
     points = eval_positions(args.demos, seed=args.seed, x_range=x_range, y_range=y_range, backend=config.backend)
     eval_cfg = dataclasses.replace(config.eval, prior_tasks=())
-    _, positions = config.positions()
+    positions = config.plan.eval_positions
     with config.env_pool() as pool:
         start = time.perf_counter()
         data, _ = collect_demos(config, config.eval.new_task, points, 1, args.seed, pool)

@@ -57,7 +57,7 @@ def test_matched_pair_is_the_closest_new_task_success_then_the_higher():
 def test_video_command_puts_checkpoints_side_by_side(tmp_path, capsys):
     import torch
 
-    from razor_robot.experiment.schema import EMBEDDED_UNNORM_KEY
+    from razor_robot.experiment.plan import EMBEDDED_UNNORM_KEY
     from razor_robot.policies import load_policy
 
     stats = {"action": {"q01": [-1.0] * 4, "q99": [1.0] * 4, "mask": [True] * 4}}

@@ -128,7 +128,7 @@ def _rl_steps(episodes_per_iteration: int, horizon: int, config: Any) -> tuple[i
 
 def _eval_episodes(config: SweepConfig) -> dict[str, int]:
     """Episodes per task of one checkpoint's evaluation (SimplerEnv's drawer protocol has its own counts)."""
-    n_new, n_prior, _ = config.eval.plan()
+    n_new, n_prior, _ = config.plan.counts
     counts = {config.eval.new_task: n_new}
     for task in config.eval.prior_tasks:
         if config.eval.prior_protocol == "simpler":

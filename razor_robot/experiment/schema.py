@@ -15,14 +15,14 @@ The stages that run them live in razor_robot.experiment.stages; razor_robot.expe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from razor_robot.config import ConfigError, config_hash, from_dict, set_dotted, to_dict
+from razor_robot.experiment.plan import SweepPlan
 from razor_robot.training.distributed import DistributedSpec
 from razor_robot.rollout.pool import EnvPool
 from razor_robot.measure.evaluation import EvalConfig
@@ -31,7 +31,6 @@ from razor_robot.training.sft import SFTConfig
 
 METHODS = ("sft", "rl", "oracle-sft", "distill-sft")
 """Fine-tuning methods, in the order a sweep runs them (distill-sft needs the RL runs' checkpoints)."""
-EMBEDDED_UNNORM_KEY = "metaworld_demos"
 BASE_SEED_STRIDE = 1_000_000
 """Base s of a multi-base sweep draws its pretraining episodes' seeds from pretrain.seed + s * this (disjoint:
 one collection uses fewer than 100,000 seeds per task)."""
@@ -404,11 +403,15 @@ class SweepConfig:
         if self.distill_sft.enabled and not self.rl.enabled:
             raise ValueError("distill_sft distils the best RL checkpoint: it needs rl.enabled")
 
+    @functools.cached_property
+    def plan(self) -> SweepPlan:
+        """The facts every stage reads (positions, evaluation counts, unnorm key, inference policy), computed on
+        first use (razor_robot.experiment.plan)."""
+        return SweepPlan.of(self)
+
     @property
     def unnorm_key(self) -> str:
-        if self.policy.unnorm_key:
-            return self.policy.unnorm_key
-        return "fractal20220817_data" if self.backend == "simpler" else EMBEDDED_UNNORM_KEY
+        return self.plan.unnorm_key
 
     def inference_policy(self) -> PolicySpec:
         """How evaluation, videos and the base's evaluation load policies: no gradient checkpointing, and bf16
@@ -438,17 +441,6 @@ class SweepConfig:
             return [("", self)]
         return [(f"base-s{seed}", dataclasses.replace(self, base=self.base.for_seed(seed)))
                 for seed in self.base.seeds]
-
-    def positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(training grid (n², 2), eval positions (P, 2)) for this backend and range."""
-        from razor_robot.envs import eval_positions, grid_positions, position_ranges
-
-        x_range, y_range = position_ranges(self.backend, self.position_range)
-        grid = grid_positions(self.demos.grid_size, x_range=x_range, y_range=y_range, backend=self.backend)
-        n_new, _, _ = self.eval.plan()
-        evals = eval_positions(n_new, seed=self.eval.position_seed, x_range=x_range, y_range=y_range,
-                               backend=self.backend)
-        return grid, evals
 
 
 @dataclass

@@ -26,19 +26,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from razor_robot.config import load_yaml, to_dict
-from razor_robot.training.distributed import run_on_main
-from razor_robot.experiment.schema import RunSpec, SweepConfig, expand_runs
-from razor_robot.report.bases import BASE_KEY
-from razor_robot.io import atomic_path, dumps_strict
-from razor_robot.report.records import (
-    RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records,
-)
-from razor_robot.experiment.stages.base import base_checkpoint, base_evaluation
+from razor_robot.experiment.schema import RunSpec, SweepConfig, expand_runs, resolve_device
+from razor_robot.experiment.stages.base import RunInputs, base_checkpoint, base_evaluation
 from razor_robot.experiment.stages.demos import collect_demos, collect_policy_demos
-from razor_robot.experiment.stages.finetune import RunInputs, execute_run
-from razor_robot.experiment.schema import resolve_device
+from razor_robot.experiment.stages.finetune import execute_run
 from razor_robot.experiment.stages.report import best_checkpoint
+from razor_robot.io import atomic_path, dumps_strict
+from razor_robot.report.bases import BASE_KEY
+from razor_robot.report.records import RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records
 from razor_robot.report.stats import rate_summary
+from razor_robot.training.distributed import run_on_main
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True,
@@ -162,14 +159,13 @@ def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path,
                                               "kl/reverse": 0.0, "kl/tv": 0.0, "kl/l2": 0.0,
                                               "checkpoint": str(base_dir)}], base_id))
         log(f"base: new task {_rate(scores, 'new_task')}, prior {_rate(scores, 'prior_task')} "
-            f"({time.perf_counter() - start:.0f} s); evaluation: {config.eval.plan()[2]}")
+            f"({time.perf_counter() - start:.0f} s); evaluation: {config.plan.counts.note}")
         datasets: dict[str, str] = {}
         missing: dict[str, str] = {}
         if "sft" in methods and config.demos.path:
             datasets["sft"] = str(import_demos(config.demos.path, config.demos.image_key, out / "sft-demos"))
         elif "sft" in methods:
-            grid, _ = config.positions()
-            _, directory = collect_demos(config, config.eval.new_task, grid, config.demos.episodes_per_point,
+            _, directory = collect_demos(config, config.eval.new_task, config.plan.grid, config.demos.episodes_per_point,
                                          config.demos.seed, pool, progress=progress)
             datasets["sft"] = str(directory)
         if "oracle-sft" in methods:

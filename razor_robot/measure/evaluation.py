@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,17 @@ from razor_robot.report.stats import rate_summary, resample_counts, percentile_i
 
 Z95 = 1.959963984540054
 PRIOR_PROTOCOLS = ("seeded", "simpler")
+
+
+class EvalCounts(NamedTuple):
+    """The episodes of one checkpoint's evaluation (:meth:`EvalConfig.plan`)."""
+
+    new_task: int
+    """New-task episodes, one per eval position."""
+    prior: int
+    """Episodes per prior task."""
+    note: str
+    """A sentence on how they were sized (the sweep's log and summary.txt)."""
 
 
 @dataclass
@@ -74,18 +85,18 @@ class EvalConfig:
             raise ValueError(f"prior_protocol must be one of {', '.join(PRIOR_PROTOCOLS)}, "
                              f"got {self.prior_protocol!r}")
 
-    def plan(self) -> tuple[int, int, str]:
-        """(new-task episodes, episodes per prior task, a sentence on how they were sized)."""
+    def plan(self) -> EvalCounts:
+        """How many episodes each checkpoint's evaluation runs, and why."""
         if self.target_half_width is None:
-            return self.new_task_positions, self.prior_episodes, (
-                f"{self.new_task_positions} new-task and {self.prior_episodes} episodes per prior task (fixed)")
+            return EvalCounts(self.new_task_positions, self.prior_episodes, (
+                f"{self.new_task_positions} new-task and {self.prior_episodes} episodes per prior task (fixed)"))
         wanted = episodes_for_half_width(self.target_half_width)
         n = min(wanted, self.max_episodes)
         note = f"{n} episodes per task for a 95% CI of at most +-{self.target_half_width:g} points"
         if wanted > self.max_episodes:
             note = (f"{n} episodes per task (budget cap max_episodes): a +-{self.target_half_width:g}-point "
                     f"95% CI needs {wanted}; expect up to +-{worst_half_width(n):.1f} points")
-        return n, n, note
+        return EvalCounts(n, n, note)
 
 
 def episodes_for_half_width(half_width: float) -> int:
@@ -207,10 +218,9 @@ def evaluate_policy(
     actor = VLAActor(policy, unnorm_key=unnorm_key, temperature=config.temperature, seed=config.episode_seed,
                      greedy_over=config.greedy_over,
                      adapter_factory=adapter_factory)
-    _, n_prior, _ = config.plan()
     requests = new_task_requests(config, positions)
     for task in config.prior_tasks:
-        requests += prior_task_requests(config, task, n_prior, pool.backend, pool.env_options)
+        requests += prior_task_requests(config, task, config.plan().prior, pool.backend, pool.env_options)
     keep = keep_new_task_images or keep_prior_images
     trajectories = pool.rollout(requests, actor, keep_images=keep, progress="eval" if progress else False)
     if keep and not keep_prior_images:

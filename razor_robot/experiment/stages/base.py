@@ -15,7 +15,7 @@ import dataclasses
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +28,7 @@ from razor_robot.measure.evaluation import evaluate_policy, kl_observations
 from razor_robot.experiment.schema import SweepConfig
 from razor_robot.io import atomic_path, dumps_strict, loads_strict
 from razor_robot.experiment.stages.demos import collect_demos
-from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+from razor_robot.experiment.loading import adapter_factory_for, load_for_inference, load_for_training
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,22 @@ class BaseArtifacts:
 
     def scores(self) -> dict[str, Any]:
         return loads_strict(Path(self.eval_path).read_text())
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Everything a run needs besides its own config (plain values: a run may be a Ray task)."""
+
+    base: BaseArtifacts
+    """The base stage's outputs."""
+    out_dir: str
+    """The sweep's output directory."""
+    datasets: dict[str, str]
+    """Method -> dataset directory of the SFT-type methods (sft, oracle-sft, distill-sft)."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Method -> why its dataset could not be made (e.g. the base policy never succeeded): its runs fail with it."""
+    meter_fit: Any = None
+    """razor_robot.measure.meter.ForgettingFit to forecast with (None: no forecast)."""
 
 
 def recipe(config: SweepConfig) -> dict[str, Any]:
@@ -140,9 +156,8 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
     paths = [p for p in (artifacts.eval_path, artifacts.kl_observations, artifacts.prior_probes, artifacts.fisher) if p]
     if all(Path(p).exists() for p in paths) and _evaluated(artifacts.eval_path) == str(base_dir):
         return artifacts
-    policy = load_for_training(str(base_dir), dataclasses.replace(config.inference_policy(), lora=None))
-    _, positions = config.positions()
-    scores, trajectories = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
+    policy = load_for_inference(str(base_dir), config)
+    scores, trajectories = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool, unnorm_key=config.unnorm_key,
                                            adapter_factory=adapter_factory_for(config.backend),
                                            keep_new_task_images=True, keep_prior_images=predictors.enabled,
                                            progress=progress)

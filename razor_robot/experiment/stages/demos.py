@@ -98,18 +98,16 @@ def collect_policy_demos(config: SweepConfig, checkpoint: str, directory: Path, 
     (see the module docstring); cached in ``directory``. Returns (dataset, directory)."""
     from razor_robot.rollout.actor import VLAActor
     from razor_robot.training.data import CollectionPlan, load_dataset
-    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_inference
 
     try:
         return load_dataset(directory), directory
     except FileNotFoundError:
         pass
     spec = config.policy_demos
-    grid, _ = config.positions()
+    grid = config.plan.grid
     k = spec.episodes_per_point or config.demos.episodes_per_point
-    import dataclasses
-
-    policy = load_for_training(checkpoint, dataclasses.replace(config.inference_policy(), lora=None)).eval()
+    policy = load_for_inference(checkpoint, config).eval()
     actor = VLAActor(policy, unnorm_key=config.unnorm_key, temperature=spec.temperature, seed=spec.seed,
                      adapter_factory=adapter_factory_for(config.backend))
     plan = CollectionPlan(config.eval.new_task, k, grid, spec.max_attempts_factor, spec.seed)

@@ -9,17 +9,16 @@ the forgetting meter's forecast at the checkpoint's KL (razor_robot.measure.mete
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from razor_robot.rollout.pool import EnvPool
-from razor_robot.measure.evaluation import evaluate_policy, forgetting_fields
+from razor_robot.experiment.loading import adapter_factory_for, load_base_for_distances, load_for_training
 from razor_robot.experiment.schema import RunSpec, SweepConfig
-from razor_robot.experiment.stages.base import BaseArtifacts
-from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+from razor_robot.experiment.stages.base import BaseArtifacts, RunInputs
+from razor_robot.measure.evaluation import evaluate_policy, forgetting_fields
+from razor_robot.rollout.pool import EnvPool
 
 
 class FixedSets:
@@ -60,21 +59,31 @@ def checkpoint_measurements(config: SweepConfig, policy: Any, base: Any, sets: F
     return out
 
 
-def evaluate_checkpoints(config: SweepConfig, run: RunSpec, checkpoints: list[tuple[int, float, Path, float]],
-                         inputs: Any, pool: EnvPool, logger: Any, progress: bool) -> list[dict[str, Any]]:
+class Checkpoint(NamedTuple):
+    """A checkpoint a run saved, waiting for its evaluation."""
+
+    step: int
+    """Optimiser step (SFT) or iteration (RL) it was saved at."""
+    fraction: float
+    """step / the run's total."""
+    directory: Path
+    train_seconds: float
+    """Wall-clock from the start of training to the checkpoint (the record's ``seconds``)."""
+
+
+def evaluate_checkpoints(config: SweepConfig, run: RunSpec, checkpoints: list[Checkpoint], inputs: RunInputs,
+                         pool: EnvPool, logger: Any, progress: bool) -> list[dict[str, Any]]:
     """The records of a run's checkpoints (see the module docstring)."""
     from razor_robot.measure.meter import forecast_fields
 
-    spec = config.inference_policy()
-    lora = config.policy.lora is not None
-    base = None if lora else load_for_training(inputs.base.checkpoint, dataclasses.replace(spec, lora=None)).eval()
+    spec = config.inference_policy()  # a LoRA run's checkpoints load with their adapters
+    base = load_base_for_distances(config, inputs.base.checkpoint)
     sets = FixedSets(inputs.base)
     base_scores = inputs.base.scores()
-    _, eval_positions = config.positions()
     records = []
     for step, fraction, directory, train_seconds in checkpoints:
         policy = load_for_training(str(directory), spec).eval()
-        scores, _ = evaluate_policy(policy, eval_positions, config.eval, pool, unnorm_key=config.unnorm_key,
+        scores, _ = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool, unnorm_key=config.unnorm_key,
                                     adapter_factory=adapter_factory_for(config.backend), progress=progress)
         measured = checkpoint_measurements(config, policy, base, sets, run.seed)
         record = {"run_id": run.run_id, "method": run.method, "seed": run.seed, "step": step, "fraction": fraction,

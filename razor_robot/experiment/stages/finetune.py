@@ -9,11 +9,9 @@ FSDP the other processes need not hold the unsharded policy, and no collective w
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +20,9 @@ import numpy as np
 from razor_robot.config import to_dict
 from razor_robot.experiment.schema import RunSpec, SweepConfig
 from razor_robot.io import dumps_strict
-from razor_robot.experiment.stages.base import BaseArtifacts
-from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+from razor_robot.experiment.loading import adapter_factory_for, load_base_for_distances, load_for_training
+from razor_robot.experiment.stages.base import RunInputs
 from razor_robot.experiment.schema import resolve_device
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """Everything a run needs besides its own config (plain values: a run may be a Ray task)."""
-
-    base: BaseArtifacts
-    """The base stage's outputs."""
-    out_dir: str
-    """The sweep's output directory."""
-    datasets: dict[str, str]
-    """Method -> dataset directory of the SFT-type methods (sft, oracle-sft, distill-sft)."""
-    missing: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Method -> why its dataset could not be made (e.g. the base policy never succeeded): its runs fail with it."""
-    meter_fit: Any = None
-    """razor_robot.measure.meter.ForgettingFit to forecast with (None: no forecast)."""
 
 
 class RunLogger:
@@ -103,17 +85,13 @@ def make_meter(config: SweepConfig, run: RunSpec, inputs: RunInputs, policy: Any
     """The run's forgetting meter on the fixed new-task observations (None when meter.every is 0)."""
     if config.meter.every == 0:
         return None
-    import dataclasses
-
     from razor_robot.measure.meter import ForgettingMeter
     from razor_robot.experiment.stages.base import subsample_observations
 
     observations = np.load(inputs.base.kl_observations)
     images, instructions = subsample_observations(observations["images"], [str(s) for s in observations["instructions"]],
                                       config.meter.observations)
-    lora = config.policy.lora is not None
-    base = None if lora else load_for_training(inputs.base.checkpoint,
-                                               dataclasses.replace(config.inference_policy(), lora=None)).eval()
+    base = load_base_for_distances(config, inputs.base.checkpoint)
     every = 1 if run.method == "rl" else config.meter.every
     return ForgettingMeter(base, images, instructions, every=every, fit=inputs.meter_fit,
                            batch_size=config.kl.batch_size, seed=run.seed)
@@ -141,7 +119,7 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
     )
     from razor_robot.training.reinforce import train_reinforce
     from razor_robot.training.sft import train_sft
-    from razor_robot.experiment.stages.evaluate import evaluate_checkpoints
+    from razor_robot.experiment.stages.evaluate import Checkpoint, evaluate_checkpoints
 
     if run.method in inputs.missing:
         raise RuntimeError(f"no {run.method} data: {inputs.missing[run.method]}")
@@ -158,7 +136,7 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
     materialise_from_main(accelerator, policy)
     logger = RunLogger(config, run, out) if accelerator.is_main_process else None
     meter = None if distributed else make_meter(config, run, inputs, policy)
-    checkpoints: list[tuple[int, float, Path, float]] = []
+    checkpoints: list[Checkpoint] = []
     start = time.perf_counter()
 
     save_dtype = getattr(torch, config.checkpoint_dtype())
@@ -170,12 +148,11 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
             state = {k: v.to(save_dtype) if v.is_floating_point() else v
                      for k, v in (state or policy.state_dict()).items()}
             policy.save_pretrained(directory, state_dict=state)
-        checkpoints.append((step, fraction, directory, time.perf_counter() - start))
+        checkpoints.append(Checkpoint(step, fraction, directory, time.perf_counter() - start))
 
     with config.env_pool() as pool:  # workers start with the first rollout
         if run.method == "rl":
-            grid, _ = config.positions()
-            result = train_reinforce(policy, grid, run.config, task=config.eval.new_task,
+            result = train_reinforce(policy, config.plan.grid, run.config, task=config.eval.new_task,
                                      unnorm_key=config.unnorm_key, pool=pool,
                                      adapter_factory=adapter_factory_for(config.backend), on_checkpoint=on_checkpoint,
                                      log=logger, progress=progress, accelerator=accelerator, meter=meter)

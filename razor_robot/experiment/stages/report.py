@@ -3,7 +3,6 @@ the forgetting meter's forecasts against the measurements, and rollout videos of
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +14,7 @@ from razor_robot.measure.meter import fit_from_records, meter_summary
 from razor_robot.io import atomic_path
 from razor_robot.report.records import completed_records, read_records
 from razor_robot.rollout.episodes import EpisodeRequest
-from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+from razor_robot.experiment.loading import adapter_factory_for, load_for_inference
 from razor_robot.report.video import write_comparison_video, write_rollout_video
 
 
@@ -54,20 +53,18 @@ def write_videos(config: SweepConfig, records: list[dict[str, Any]], out_dir: Pa
                  progress: bool = True) -> list[Path]:
     """MP4s of each method's best checkpoint on the new task and the first prior task, and ``sft-vs-rl.mp4``:
     SFT and RL at matched new-task success side by side on the same new-task episodes."""
-    _, positions = config.positions()
+    positions = config.plan.eval_positions
     episodes = config.report.video_episodes
     tasks = [config.eval.new_task] + list(config.eval.prior_tasks[:1])
     camera = ({"viewer_size": config.report.video_camera}
               if config.report.video_camera and config.backend == "metaworld" else None)
-    spec = dataclasses.replace(config.inference_policy(), lora=None)
-
     def requests(task: str) -> list[EpisodeRequest]:
         return [EpisodeRequest(task, config.eval.episode_seed + i, tuple(map(float, positions[i % len(positions)]))
                                if task == config.eval.new_task else None, env_options=camera)
                 for i in range(episodes)]
 
     def episodes_of(record: dict[str, Any], task: str, pool: Any) -> list[Any]:
-        actor = VLAActor(load_for_training(record["checkpoint"], spec), unnorm_key=config.unnorm_key,
+        actor = VLAActor(load_for_inference(record["checkpoint"], config), unnorm_key=config.unnorm_key,
                          temperature=config.eval.temperature, adapter_factory=adapter_factory_for(config.backend))
         return pool.rollout(requests(task), actor, progress=False)
 
@@ -108,7 +105,7 @@ def write_report(config: SweepConfig, results: Path, out_dir: Path, *, progress:
     n_bases = len(groups)
     lines = [report, "", meter_summary(records),
              f"{config.name}: {len(records) - n_bases} fine-tuned checkpoints of {n_bases} base(s), "
-             f"{len(failed)} failed runs; evaluation: {config.eval.plan()[2]}"]
+             f"{len(failed)} failed runs; evaluation: {config.plan.counts.note}"]
     lines += [f"failed run {r['run_id']} ({r['hparams']}): {r['reason']}" for r in failed]
     fit = fit_from_records(records)
     if fit is not None:
