@@ -73,6 +73,27 @@ class Trajectory:
     def length(self) -> int:
         return len(self.actions)
 
+    @classmethod
+    def of(cls, request: EpisodeRequest, instruction: str, success: bool, images: np.ndarray | None,
+           states: np.ndarray, actions: np.ndarray, step_success: np.ndarray,
+           extras: dict[str, np.ndarray]) -> "Trajectory":
+        """A finished episode of ``request`` (``images`` None when they were not kept), as both engines record it."""
+        xy = request.object_xy
+        return cls(task=request.task, instruction=instruction, seed=request.seed,
+                   object_xy=None if xy is None else (float(xy[0]), float(xy[1])), success=bool(success),
+                   images=images if images is not None else np.zeros((0,), np.uint8), states=states,
+                   actions=actions, step_success=np.asarray(step_success, dtype=bool), extras=extras)
+
+
+def episode_success(step_success: Sequence[bool], success_mode: str, final_success: bool | None) -> bool:
+    """An episode's success: the env's ``episode_success`` at the horizon (``final_success``); an episode the
+    policy ended early (None) succeeds as the env's success_mode says, at its last step or at any step."""
+    if final_success is not None:
+        return bool(final_success)
+    if success_mode == "any":
+        return bool(np.any(step_success))
+    return bool(len(step_success) and step_success[-1])
+
 
 def success_mode_of(env: Any) -> str:
     """An env's success_mode ("final" or "any"): its own attribute, or its config's (SimplerEnv), else final."""

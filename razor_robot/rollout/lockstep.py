@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from razor_robot.rollout.episodes import BatchPolicy, EpisodeRequest, Trajectory
+from razor_robot.rollout.episodes import BatchPolicy, EpisodeRequest, Trajectory, episode_success
 
 PER_WORKER_OPTIONS = "per_worker"
 
@@ -147,20 +147,8 @@ def _run_batch(
     for i, r in enumerate(padded):
         n = int(length[i])
         flags = success_stack[i, :n]
-        if n == horizon:
-            success = bool(final_success[i])
-        else:  # ended by the policy: success as the env's success_mode says
-            success = bool(flags.any() if success_mode == "any" else flags[-1])
-        trajectories.append(Trajectory(
-            task=r.task,
-            instruction=instructions[i],
-            seed=r.seed,
-            object_xy=None if r.object_xy is None else (float(r.object_xy[0]), float(r.object_xy[1])),
-            success=success,
-            images=image_stack[i, :n] if image_stack is not None else np.zeros((0,), np.uint8),
-            states=state_stack[i, :n],
-            actions=action_stack[i, :n],
-            step_success=flags,
-            extras={k: v[i, :n] for k, v in stacked_extras.items()},
-        ))
+        success = episode_success(flags, success_mode, bool(final_success[i]) if n == horizon else None)
+        trajectories.append(Trajectory.of(
+            r, instructions[i], success, image_stack[i, :n] if image_stack is not None else None,
+            state_stack[i, :n], action_stack[i, :n], flags, {k: v[i, :n] for k, v in stacked_extras.items()}))
     return trajectories

@@ -43,13 +43,13 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from razor_robot.envs.core import VIEWER_KEY as VIEWER
-from razor_robot.rollout.episodes import BatchPolicy, EpisodeRequest, Trajectory, success_mode_of
+from razor_robot.rollout.episodes import BatchPolicy, EpisodeRequest, Trajectory, episode_success, success_mode_of
 from razor_robot.rollout.lockstep import lockstep_rollout
 
 ENGINES = ("subprocess", "ray")
@@ -200,20 +200,40 @@ class _Episode:
     """The policy asked to end the episode after its latest action (extras["terminate"])."""
 
     def trajectory(self, keep_images: bool) -> Trajectory:
-        if self.final_success is None:  # ended early (terminated): success as the env's success_mode says
-            flags = self.step_success
-            self.final_success = bool(any(flags) if self.success_mode == "any" else flags and flags[-1])
-        request = self.request
-        return Trajectory(
-            task=request.task, instruction=self.instruction, seed=request.seed,
-            object_xy=None if request.object_xy is None else (float(request.object_xy[0]),
-                                                              float(request.object_xy[1])),
-            success=bool(self.final_success),
-            images=np.stack(self.images) if keep_images else np.zeros((0,), np.uint8),
-            states=np.stack(self.states), actions=np.stack(self.actions),
-            step_success=np.asarray(self.step_success, dtype=bool),
-            extras={k: np.stack(v) for k, v in self.extras.items()},
-        )
+        success = episode_success(self.step_success, self.success_mode, self.final_success)
+        return Trajectory.of(self.request, self.instruction, success,
+                             np.stack(self.images) if keep_images else None, np.stack(self.states),
+                             np.stack(self.actions), np.asarray(self.step_success, dtype=bool),
+                             {k: np.stack(v) for k, v in self.extras.items()})
+
+
+class Reset(NamedTuple):
+    """Start ``request`` on ``slot`` (learner side: the worker gets ``wire()``)."""
+
+    slot: int
+    payload: tuple
+    """(task, seed, reset options, env options): what the worker resets with (:func:`_reset_payload`)."""
+    index: int
+    """Position of the request in the rollout's request list."""
+    request: EpisodeRequest
+
+    def wire(self) -> tuple:
+        return self.slot, "reset", self.payload
+
+
+class Step(NamedTuple):
+    """Step ``slot`` with ``action``; ``next``, when the episode ends with this step, resets the slot right after
+    it in the same round trip."""
+
+    slot: int
+    action: np.ndarray
+    next: Reset | None = None
+
+    def wire(self) -> tuple:
+        return (self.slot, "step", self.action) + (() if self.next is None else (self.next.payload,))
+
+
+Operation = Union[Reset, Step]
 
 
 def _reset_payload(request: EpisodeRequest) -> tuple:
@@ -353,24 +373,24 @@ class EnvPool:
         queue = deque(enumerate(requests))
         episodes: dict[int, _Episode] = {}
         results: list[Trajectory | None] = [None] * len(requests)
-        pending: list[dict[int, tuple]] = [{}, {}]  # per half: slot -> the operation in flight
+        pending: list[dict[int, Operation]] = [{}, {}]  # per half: slot -> the operation in flight
         for h, half in enumerate(halves):
-            first_ops = {}
+            first_ops: dict[int, Operation] = {}
             for slot in half:
                 index, request = queue.popleft()
-                first_ops[slot] = (slot, "reset", _reset_payload(request), index, request)
+                first_ops[slot] = Reset(slot, _reset_payload(request), index, request)
             pending[h] = self._send(first_ops)
         # Halves are received in the order they were sent: each worker answers its messages in that order.
         in_flight = deque(h for h in (0, 1) if pending[h])
         while in_flight:
             h = in_flight.popleft()
             replies = self._receive(pending[h])
-            ops: dict[int, tuple] = {}  # slot -> this half's next operation
+            ops: dict[int, Operation] = {}  # slot -> this half's next operation
             ready: list[int] = []
             for slot, (kind, result, next_reset) in replies.items():
                 op = pending[h][slot]
-                if kind == "reset":
-                    episodes[slot] = self._begin(slot, op[3], op[4], result, policy)
+                if isinstance(op, Reset):
+                    episodes[slot] = self._begin(slot, op.index, op.request, result, policy)
                     ready.append(slot)
                     continue
                 finished = self._record_step(episodes[slot], result)
@@ -379,12 +399,12 @@ class EnvPool:
                     results[episode.index] = episode.trajectory(keep_images)
                     bar.update(1)
                     if next_reset is not None:
-                        episodes[slot] = self._begin(slot, op[4], op[5], next_reset, policy)
+                        episodes[slot] = self._begin(slot, op.next.index, op.next.request, next_reset, policy)
                 if slot in episodes:
                     ready.append(slot)
                 elif queue:  # ended early: the next request needs a plain reset
                     index, request = queue.popleft()
-                    ops[slot] = (slot, "reset", _reset_payload(request), index, request)
+                    ops[slot] = Reset(slot, _reset_payload(request), index, request)
             if ready:
                 self._act(ready, episodes, policy, queue, ops, keep_images)
             parts = {h: ops}
@@ -399,17 +419,16 @@ class EnvPool:
         return results  # type: ignore[return-value]
 
     # ---- helpers of the overlapped engine ----
-    def _send(self, op_map: dict[int, tuple]) -> dict[int, tuple]:
+    def _send(self, op_map: dict[int, Operation]) -> dict[int, Operation]:
         """Send each worker its slots' operations (wire form: without the learner-side bookkeeping)."""
         per_worker: dict[int, list[tuple]] = {}
         for slot, op in op_map.items():
-            wire = op[:3] if op[1] == "reset" or op[3] is None else op[:4]
-            per_worker.setdefault(slot % len(self._workers), []).append(wire)
+            per_worker.setdefault(slot % len(self._workers), []).append(op.wire())
         for w, wire_ops in per_worker.items():
             self._workers[w].send(wire_ops)
         return dict(op_map)
 
-    def _receive(self, sent: dict[int, tuple]) -> dict[int, tuple]:
+    def _receive(self, sent: dict[int, Operation]) -> dict[int, tuple]:
         """Collect the replies of every worker that got operations of this half, as slot -> result."""
         slots_of: dict[int, list[int]] = {}
         for slot in sent:
@@ -447,7 +466,7 @@ class EnvPool:
         return at_horizon or terminated or truncated or episode.terminate
 
     def _act(self, slots: list[int], episodes: dict[int, _Episode], policy: BatchPolicy,
-             queue: deque, op_map: dict[int, tuple], keep_images: bool) -> None:
+             queue: deque, op_map: dict[int, Operation], keep_images: bool) -> None:
         """One batched policy call for the ready slots; queue their step operations."""
         batch = [episodes[s] for s in slots]
         images = np.stack([e.observation["image"] for e in batch])  # (N, H, W, 3)
@@ -471,15 +490,16 @@ class EnvPool:
             last = len(episode.actions) >= episode.horizon
             if last and queue:
                 index, request = queue.popleft()
-                op_map[slot] = (slot, "step", actions[i], _reset_payload(request), index, request)
+                op_map[slot] = Step(slot, actions[i], Reset(slot, _reset_payload(request), index, request))
             else:
-                op_map[slot] = (slot, "step", actions[i], None)
+                op_map[slot] = Step(slot, actions[i])
 
 
-def _split_by_worker(op_map: dict[int, tuple], n_workers: int) -> tuple[dict[int, tuple], dict[int, tuple]]:
+def _split_by_worker(op_map: dict[int, Operation],
+                     n_workers: int) -> tuple[dict[int, Operation], dict[int, Operation]]:
     """Two parts of a half's operations, each worker's slots shared between them (its first half first)."""
-    first: dict[int, tuple] = {}
-    second: dict[int, tuple] = {}
+    first: dict[int, Operation] = {}
+    second: dict[int, Operation] = {}
     per_worker: dict[int, list[int]] = {}
     for slot in sorted(op_map):
         per_worker.setdefault(slot % n_workers, []).append(slot)
