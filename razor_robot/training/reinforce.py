@@ -14,31 +14,11 @@ minibatch's loss is the sum of A * log π over its steps divided by the number o
 Zero-advantage steps contribute exactly zero to that sum, so they are counted in the denominator but never run
 through the model.
 
-Why the paper's form collapses on the tiny policy, and the stable form. Measured on the quickstart setup (base:
-pick-can 12% at T=1, drawers 100%; 16 grid points, G=5, lr 1e-4, per-iteration logs in
-``runs/<run_id>/metrics.jsonl``): rollout success (80 episodes per iteration) went 12, 10, 14, 11, 4, 11, 18,
-10, 16, 8, 4, 5, 4, 1, 0% and stayed 0 from iteration 15 (best 14/80, 95% CI 10.7-27.3; then 0/80, 0-4.6). Over the same iterations the KL to the previous iterate grew from 0.05 to 1.35 nats
-per step and the KL to the base from 0.05 to 16 nats, while the action-token entropy stayed at 8.4-9.1 nats
-(no entropy collapse) and the pre-clipping gradient norm at ~2. The policy does not sharpen, it drifts: each
-iteration takes ~10 AdamW steps (N = 2400 steps / batch 256), and AdamW normalises every step, so a step moves
-the weights by ~lr however weak the signal is. Only the groups with contrast carry signal (38% of them at the
-start, falling to 6%), and most of their episodes are failures whose negative advantages push the sampled
-tokens down without saying where success lies; as success falls, fewer groups have contrast, the ~10
-full-size steps follow the noise of ever fewer episodes, the policy drifts further from competent behaviour,
-and once every group fails the gradient is exactly zero and it stays there. Dividing the loss by N (zero-
-advantage steps included) does not help: AdamW is invariant to the loss's scale.
-
-The stable form keeps the algorithm and changes only the optimiser schedule: ``optimizer_steps_per_iteration:
-1``, one AdamW step on the whole iteration's gradient (10x fewer normalised steps, each averaging 10x more
-episodes). At the same lr 1e-4 over 30 iterations its KL to the base reached 0.36 nats instead of 16 and its
-rollout success never collapsed; the paper's form (None) stays the default and selectable exactly as before.
-
-Telling a collapse from noise. Rollout success is itself a sample: at ~11% success and 128 episodes per
-iteration (16 points x G=8) a policy that never changes falls more than 10 points below its running best in 63%
-of 30-iteration runs (5% with 256 episodes). So every run ends with :func:`rollout_stability`: the largest fall
-and the exact probability that a constant policy at the run's pooled rate falls that far. The paper form's
-collapse above (lr 1e-4) scores 0.001, its run at lr 3e-5 0.84; the stable form's wobbles
-score 0.53-0.92 (measured on the runs of this docstring and of the README).
+The paper's form (``optimizer_steps_per_iteration: None``, ceil(N / batch_size) AdamW steps per iteration) drifts
+away from competent behaviour on the tiny policy and collapses; the stable form (``1``: one AdamW step on the
+iteration's whole gradient) keeps the algorithm and changes only the optimiser schedule. Rollout success is itself
+a sample, so every run ends with :func:`rollout_stability`, which tells a collapse from noise. The measurements
+behind both are in docs/design-notes.md.
 
 Variants (``RLConfig.variant``):
   - ``"reinforce"``: the paper's algorithm above.
