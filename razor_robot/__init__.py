@@ -14,8 +14,8 @@ The folders are the architecture (docs/ARCHITECTURE.md); imports run downward on
 
 import os as _os
 
-# torch's OpenMP threads spin while they wait for each other; beside another busy process on few cores the spinning
-# steals the time the partner thread needs (10x slower SFT on 2 cores; docs/design-notes.md). 2,000 spins keeps
-# most of the speed alone. libgomp reads this when it loads, so it applies when razor_robot is imported before
-# torch (the CLI, the scripts, the tests).
+# torch's OpenMP threads spin while they wait for each other; beside another busy process on few cores the
+# spinning steals the time the partner thread needs (10x slower SFT on 2 cores; docs/design-notes.md). 2,000
+# spins keeps most of the speed alone. libgomp reads this when it loads, so it applies when razor_robot is
+# imported before torch (the CLI, the scripts, the tests).
 _os.environ.setdefault("GOMP_SPINCOUNT", "2000")

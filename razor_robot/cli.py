@@ -162,16 +162,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     policy = load_for_inference(args.checkpoint, config)
     with config.env_pool() as pool:
-        scores, _ = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool, unnorm_key=config.unnorm_key,
-                                    adapter_factory=adapter_factory_for(config.backend),
+        scores, _ = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool,
+                                    unnorm_key=config.unnorm_key, adapter_factory=adapter_factory_for(config.backend),
                                     progress=not args.no_progress)
         if not args.no_kl:  # distances, predictors and forgetting against the base (evaluated once, cached)
             out_dir = Path(args.out).parent if args.out else Path("runs") / config.name
             base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
             base = base_evaluation(config, base_dir, out_dir, pool, progress=not args.no_progress)
             scores.update(forgetting_fields(base.scores()["episodes"], scores["episodes"], config.eval.prior_tasks))
-            scores.update(checkpoint_measurements(config, policy, load_for_inference(str(base_dir), config).eval(),
-                                                  FixedSets(base), seed=0))
+            base_policy = load_for_inference(str(base_dir), config).eval()
+            scores.update(checkpoint_measurements(config, policy, base_policy, FixedSets(base), seed=0))
     from razor_robot.io import dumps_strict
 
     text = dumps_strict(scores, indent=2)
@@ -229,8 +229,9 @@ def cmd_video(args: argparse.Namespace) -> None:
         if not Path(args.policy).exists():
             raise FileNotFoundError(f"--policy: checkpoint not found: {args.policy} (or use 'scripted')")
         policy = _checkpoint_actor(args, args.policy)
-    trajectories = rollout(_video_requests(args), policy, backend=args.backend, env_options=_video_env_options(args),
-                           num_workers=args.workers, progress=not args.no_progress)
+    trajectories = rollout(_video_requests(args), policy, backend=args.backend,
+                           env_options=_video_env_options(args), num_workers=args.workers,
+                           progress=not args.no_progress)
     path = write_rollout_video(trajectories, args.out, fps=args.fps, tile_size=args.tile)
     successes = sum(t.success for t in trajectories)
     print(f"{path}: {len(trajectories)} episodes of {args.task}, {successes} successful")
@@ -248,8 +249,8 @@ def _checkpoint_actor(args: argparse.Namespace, checkpoint: str) -> Any:
     from razor_robot.rollout.actor import VLAActor
 
     return VLAActor(load_for_training(checkpoint, PolicySpec()),
-                    unnorm_key=args.unnorm_key or default_unnorm_key(args.backend), temperature=args.temperature,
-                    seed=args.seed, adapter_factory=adapter_factory_for(args.backend))
+                    unnorm_key=args.unnorm_key or default_unnorm_key(args.backend),
+                    temperature=args.temperature, seed=args.seed, adapter_factory=adapter_factory_for(args.backend))
 
 
 def _video_requests(args: argparse.Namespace) -> list[Any]:
@@ -274,7 +275,8 @@ def _comparison_video(args: argparse.Namespace) -> None:
     columns = []
     with EnvPool(args.backend, _video_env_options(args), num_workers=args.workers) as pool:
         for checkpoint in args.checkpoint:
-            trajectories = pool.rollout(requests, _checkpoint_actor(args, checkpoint), progress=not args.no_progress)
+            actor = _checkpoint_actor(args, checkpoint)
+            trajectories = pool.rollout(requests, actor, progress=not args.no_progress)
             k, n = sum(t.success for t in trajectories), len(trajectories)
             lo, hi = wilson_interval(k, n)
             rate = f"{args.task} {100 * k / n:.1f}% ({k}/{n}, 95% CI {100 * lo:.1f}-{100 * hi:.1f})"
@@ -373,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="multiply scores (100 if they are fractions)")
     p.add_argument("--tolerance", type=float, default=2.0, help="points from the frontier to keep (default 2)")
 
-    add_video_arguments(add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.", cmd_video,
-                            config=False))
+    add_video_arguments(add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.",
+                            cmd_video, config=False))
     return parser
 
 

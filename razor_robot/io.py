@@ -1,11 +1,12 @@
 """The one atomic writer, and strict JSON.
 
 Every file a sweep writes (records, caches, datasets, checkpoints, plots, videos) goes through
-:func:`atomic_path`: the writer fills a temporary path beside the target, which replaces the target only once it
-is complete, so a sweep killed at any moment leaves each file either as it was or whole, and a re-run resumes.
+:func:`atomic_path`: the writer fills a temporary path beside the target, which replaces the target only once
+it is complete, so a sweep killed at any moment leaves each file either as it was or whole, and a re-run
+resumes.
 
-Strict JSON (:func:`dumps_strict` / :func:`loads_strict`): every JSON file is standard JSON that jq, pandas and
-browsers read. A NaN or infinite number is written as ``null`` and named in the object's ``null_reasons``
+Strict JSON (:func:`dumps_strict` / :func:`loads_strict`): every JSON file is standard JSON that jq, pandas
+and browsers read. A NaN or infinite number is written as ``null`` and named in the object's ``null_reasons``
 (JSON pointer -> "NaN" / "Infinity" / "-Infinity"), and restored as that number on reading.
 """
 
@@ -28,9 +29,9 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     """Yield a temporary path beside ``path`` to write a file or a directory into; on leaving the block it
     replaces ``path`` (a directory replaced whole), and on an error it is removed and ``path`` is untouched.
 
-    ``suffix`` ends the temporary name (default: ``path``'s own suffix), for writers that choose a format by the
-    file name (numpy's ``.npz``, imageio's ``.mp4``). A file is flushed to disk before the rename, so a crash
-    right after it cannot leave an empty file under the final name.
+    ``suffix`` ends the temporary name (default: ``path``'s own suffix), for writers that choose a format by
+    the file name (numpy's ``.npz``, imageio's ``.mp4``). A file is flushed to disk before the rename, so a
+    crash right after it cannot leave an empty file under the final name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +83,9 @@ def _finite_copy(value: Any, pointer: str, reasons: dict[str, str]) -> Any:
 
 
 def dumps_strict(value: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of ``value`` as strict JSON: non-finite numbers become ``null``, named in ``null_reasons``
-    (top-level objects; elsewhere a non-finite number is an error rather than a silent null)."""
+    """``json.dumps`` of ``value`` as strict JSON: non-finite numbers become ``null``, named in
+    ``null_reasons`` (top-level objects; elsewhere a non-finite number is an error rather than a silent
+    null)."""
     reasons: dict[str, str] = {}
     clean = _finite_copy(value, "", reasons)
     if reasons:
@@ -95,7 +97,8 @@ def dumps_strict(value: Any, **kwargs: Any) -> str:
 
 
 def _restore(record: Any) -> Any:
-    """Put back the non-finite numbers :func:`dumps_strict` wrote as null (the in-memory record as measured)."""
+    """Put back the non-finite numbers :func:`dumps_strict` wrote as null (the in-memory record as
+    measured)."""
     if not isinstance(record, dict) or not isinstance(record.get(NULL_REASONS), dict):
         return record
     for pointer, reason in record.pop(NULL_REASONS).items():

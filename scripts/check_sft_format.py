@@ -25,8 +25,9 @@ import torch
 
 
 def old_data_module(rev: str):
-    """razor_robot/data.py as it was at ``rev`` (a revision before the house of issue 20, when the module lived
-    there; its imports, razor_robot.rollout's episode types, are still exported by razor_robot.rollout)."""
+    """razor_robot/data.py as it was at ``rev`` (a revision before the house of issue 20, when the module
+    lived there; its imports, razor_robot.rollout's episode types, are still exported by
+    razor_robot.rollout)."""
     source = subprocess.run(["git", "show", f"{rev}:razor_robot/data.py"], check=True, capture_output=True,
                             text=True, cwd=Path(__file__).resolve().parents[1]).stdout
     path = Path(tempfile.mkdtemp()) / "old_data.py"

@@ -2,13 +2,13 @@
 
     python scripts/compare_records.py BEFORE AFTER [--alias BEFORE_PATH AFTER_PATH ...]
 
-The check behind a refactor that must not change a number: run the same config (configs/ci-equality.yaml) at two
-commits and compare what the sweeps wrote. JSON and JSON Lines files (results.jsonl, every run's metrics.jsonl,
-meter_fit.json, the cached evaluations) are compared field for field; text and CSV files (summary.txt,
-table1.csv) line for line; weights (*.safetensors) and datasets (*.parquet) byte for byte. Fields that measure
-time (wall-clock, seconds, rates per second, dates) are left out, and each directory's own path is replaced by a
-placeholder so that paths compare. Plots and videos (PNG, MP4) carry encoder metadata and are only counted.
-Exit status 0 when everything compared is equal, 1 otherwise.
+The check behind a refactor that must not change a number: run the same config (configs/ci-equality.yaml) at
+two commits and compare what the sweeps wrote. JSON and JSON Lines files (results.jsonl, every run's
+metrics.jsonl, meter_fit.json, the cached evaluations) are compared field for field; text and CSV files
+(summary.txt, table1.csv) line for line; weights (*.safetensors) and datasets (*.parquet) byte for byte.
+Fields that measure time (wall-clock, seconds, rates per second, dates) are left out, and each directory's own
+path is replaced by a placeholder so that paths compare. Plots and videos (PNG, MP4) carry encoder metadata
+and are only counted. Exit status 0 when everything compared is equal, 1 otherwise.
 """
 
 from __future__ import annotations

@@ -314,8 +314,8 @@ def test_load_records_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Records as razor_robot.measure.evaluation writes them (coord INTERFACES): rates, n, successes, Wilson CIs and the
-# per-episode outcomes, paired across checkpoints
+# Records as razor_robot.measure.evaluation writes them (coord INTERFACES): rates, n, successes, Wilson CIs
+# and the per-episode outcomes, paired across checkpoints
 # --------------------------------------------------------------------------------------------------------
 PRIOR = ("open-drawer", "close-drawer")
 

@@ -1,4 +1,5 @@
-"""Exact-value tests of the action-token distances (razor_robot.measure.distances) on a toy autoregressive policy."""
+"""Exact-value tests of the action-token distances (razor_robot.measure.distances) on a toy autoregressive
+policy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Exact-value tests of razor_robot.report.stats: Wilson bounds in closed form, seeded percentile bootstraps."""
+"""Exact-value tests of razor_robot.report.stats: Wilson bounds in closed form, seeded percentile
+bootstraps."""
 
 from __future__ import annotations
 

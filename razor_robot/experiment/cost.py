@@ -4,8 +4,8 @@ From the config alone (no simulator, no weights: the policy is built on the meta
 (methods x grid x seeds), the episodes and env steps of every stage, the optimiser steps, the checkpoints and
 their disk, the policy's host and GPU memory per process, and the GPU-hours its FLOPs take at a stated
 throughput. Every assumption the figures rest on is printed with them. The counts follow the code that spends
-them: SFT's step count is ``train_sft``'s, RL's minibatch count ``train_reinforce``'s, the checkpoint steps the
-loops' own rounding.
+them: SFT's step count is ``train_sft``'s, RL's minibatch count ``train_reinforce``'s, the checkpoint steps
+the loops' own rounding.
 
 FLOPs (the usual dense-transformer rule): a forward pass costs 2 x parameters x tokens, a training step 6 x
 (8 x with gradient checkpointing, which runs the forward twice); a rollout step is one forward over the prompt
@@ -231,7 +231,8 @@ def memory_lines(config: SweepConfig, shape: PolicyShape, processes: int) -> lis
 
 def memory_estimate(config: SweepConfig, shape: PolicyShape, processes: int,
                     micro: int | None = None) -> dict[str, float]:
-    """The figures of :func:`memory_lines`, in bytes (``micro``: the micro-batch; None: the config's largest)."""
+    """The figures of :func:`memory_lines`, in bytes (``micro``: the micro-batch; None: the config's
+    largest)."""
     from razor_robot.experiment.schema import resolve_device
 
     _, master = resolve_device(config.policy)

@@ -31,21 +31,22 @@ def load_for_training(path_or_name: str, spec: PolicySpec, *, device: str | None
 
 
 def adapter_factory_for(backend: str) -> Callable[[], Any]:
-    """The policy-output -> env-action adapter of a backend (one per episode: the Google robot's is stateful)."""
+    """The policy-output -> env-action adapter of a backend (one per episode: the Google robot's is
+    stateful)."""
     from razor_robot.policies.adapters import MetaWorldActionAdapter, OpenVLAGoogleRobotAdapter
 
     return OpenVLAGoogleRobotAdapter if backend == "simpler" else MetaWorldActionAdapter
 
 
 def load_base_for_distances(config: Any, base_checkpoint: str) -> Any:
-    """The base policy pi0 that distances and the meter compare a checkpoint with, in eval mode; None for a LoRA
-    policy, whose base logits come from the same weights with the adapter switched off."""
+    """The base policy pi0 that distances and the meter compare a checkpoint with, in eval mode; None for a
+    LoRA policy, whose base logits come from the same weights with the adapter switched off."""
     if config.policy.lora is not None:
         return None
     return load_for_inference(base_checkpoint, config).eval()
 
 
 def load_for_inference(path: str, config: Any, **overrides: Any):
-    """Load a checkpoint to act or to be measured, as every stage does (``config.plan.inference``: the inference
-    policy spec, a LoRA checkpoint with its own adapters)."""
+    """Load a checkpoint to act or to be measured, as every stage does (``config.plan.inference``: the
+    inference policy spec, a LoRA checkpoint with its own adapters)."""
     return load_for_training(path, config.plan.inference, **overrides)

@@ -22,8 +22,8 @@ EMBEDDED_UNNORM_KEY = "metaworld_demos"
 
 
 def default_unnorm_key(backend: str) -> str:
-    """A backend's action statistics key: OpenVLA's fractal (Google robot) statistics on SimplerEnv, the embedded
-    policies' own on Meta-World."""
+    """A backend's action statistics key: OpenVLA's fractal (Google robot) statistics on SimplerEnv, the
+    embedded policies' own on Meta-World."""
     return GOOGLE_ROBOT_UNNORM_KEY if backend == "simpler" else EMBEDDED_UNNORM_KEY
 
 
@@ -52,7 +52,8 @@ class SweepPlan:
         x_range, y_range = position_ranges(config.backend, config.position_range)
         counts = config.eval.plan()
         return cls(
-            grid=grid_positions(config.demos.grid_size, x_range=x_range, y_range=y_range, backend=config.backend),
+            grid=grid_positions(config.demos.grid_size, x_range=x_range, y_range=y_range,
+                                backend=config.backend),
             eval_positions=eval_positions(counts.new_task, seed=config.eval.position_seed, x_range=x_range,
                                           y_range=y_range, backend=config.backend),
             counts=counts,

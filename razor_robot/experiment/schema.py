@@ -9,7 +9,8 @@ A sweep fine-tunes one base policy with every enabled method over its hyperparam
                  I-projection, RL's Razor Lemma A.1), the paper's oracle
     distill-sft  SFT on the best RL checkpoint's successful episodes (the paper's distillation check)
 
-The stages that run them live in razor_robot.experiment.stages; razor_robot.experiment.sweep runs them in order.
+The stages that run them live in razor_robot.experiment.stages; razor_robot.experiment.sweep runs them in
+order.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ class BaseSpec:
     (razor_robot.policies.builtin); None = pretrain one with ``pretrain``. With ``seeds``, "{seed}" in it is
     replaced by each base's seed."""
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
-    """Pretraining recipe when ``checkpoint`` is None (and what ``razor-robot pretrain`` rebuilds a shipped base
-    from)."""
+    """Pretraining recipe when ``checkpoint`` is None (and what ``razor-robot pretrain`` rebuilds a shipped
+    base from)."""
     seeds: list[int] | None = None
     """Several bases in one sweep, one per seed: every run fine-tunes each base, records name their base, and
     the report gives per-base and pooled results. Base s is pretrained with its demonstrations' seeds shifted
@@ -204,7 +205,8 @@ class PolicyDemoSpec:
 
 @dataclass
 class PredictorSpec:
-    """Table 1's alternative predictors of forgetting, measured for every checkpoint (razor_robot.measure.predictors)."""
+    """Table 1's alternative predictors of forgetting, measured for every checkpoint
+    (razor_robot.measure.predictors)."""
 
     enabled: bool = True
     """Compute the pred/* values of every record."""
@@ -228,7 +230,8 @@ class MeterSpec:
     observations: int = 256
     """New-task observations of the fixed KL set the meter uses (evenly subsampled)."""
     fit_file: str | None = None
-    """A JSON fit {"coeffs": [c2, c1, c0]} to forecast with; None = fit the runs already finished in this sweep."""
+    """A JSON fit {"coeffs": [c2, c1, c0]} to forecast with; None = fit the runs already finished in this
+    sweep."""
 
     def __post_init__(self):
         if self.every < 0 or self.observations < 1:
@@ -280,15 +283,16 @@ class ReportSpec:
     """What the sweep writes when it ends."""
 
     videos: bool = True
-    """Rollout MP4s of each method's best checkpoint on the new task and a prior task, and one side-by-side MP4
-    of SFT and RL at matched new-task success on the same episodes (``sft-vs-rl.mp4``)."""
+    """Rollout MP4s of each method's best checkpoint on the new task and a prior task, and one side-by-side
+    MP4 of SFT and RL at matched new-task success on the same episodes (``sft-vs-rl.mp4``)."""
     video_episodes: int = 4
     """Episodes per video."""
     video_tile: int = 256
     """Pixel size of each episode's tile."""
     video_camera: int = 256
-    """Meta-World: pixel size of the videos' own camera (``viewer_size``: another viewpoint, rendered beside the
-    policy's input, which stays as it is); 0 shows the policy's own frames (the simpler backend always does)."""
+    """Meta-World: pixel size of the videos' own camera (``viewer_size``: another viewpoint, rendered beside
+    the policy's input, which stays as it is); 0 shows the policy's own frames (the simpler backend always
+    does)."""
 
     def __post_init__(self):
         if self.video_episodes < 1:
@@ -305,15 +309,16 @@ CHECKPOINT_KEEP = ("all", "best")
 
 @dataclass
 class CheckpointSpec:
-    """How fine-tuning checkpoints are stored (the paper config: 28+ runs x 4 checkpoints of 7.5 B weights)."""
+    """How fine-tuning checkpoints are stored (the paper config: 28+ runs x 4 checkpoints of 7.5 B
+    weights)."""
 
     dtype: str = "auto"
     """"auto": the dtype evaluation loads them in (``inference_policy``: bf16 when training computes in bf16,
     else the policy's), so nothing any record measures is lost; "float32" or "bfloat16" explicitly."""
     keep: str = "all"
-    """"all": every checkpoint keeps its weights; "best": once a run's checkpoints are evaluated, only its best
-    one (highest new-task, then prior-task success: the one the report's videos and distill-sft can use) keeps
-    its weights file; the others keep config and tokenizer, and their records stay."""
+    """"all": every checkpoint keeps its weights; "best": once a run's checkpoints are evaluated, only its
+    best one (highest new-task, then prior-task success: the one the report's videos and distill-sft can use)
+    keeps its weights file; the others keep config and tokenizer, and their records stay."""
 
     def __post_init__(self):
         if self.dtype not in CHECKPOINT_DTYPES:
@@ -370,7 +375,8 @@ class SweepConfig:
     engine: str = "local"
     """"local" (runs in this process, one after another) or "ray" (each run a Ray task)."""
     rollout_engine: str = "subprocess"
-    """Env workers: "subprocess" (this machine) or "ray" (Ray actors, e.g. CPU-only SimplerEnv on a cluster)."""
+    """Env workers: "subprocess" (this machine) or "ray" (Ray actors, e.g. CPU-only SimplerEnv on a
+    cluster)."""
     ray: RaySpec = field(default_factory=RaySpec)
     """Ray resources."""
     wandb: WandbSpec = field(default_factory=WandbSpec)
@@ -378,7 +384,8 @@ class SweepConfig:
     report: ReportSpec = field(default_factory=ReportSpec)
     """End-of-sweep report."""
     distributed: DistributedSpec = field(default_factory=DistributedSpec)
-    """Training over several processes/GPUs (FSDP or DDP through accelerate; see razor_robot.training.distributed)."""
+    """Training over several processes/GPUs (FSDP or DDP through accelerate; see
+    razor_robot.training.distributed)."""
     checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
     """How fine-tuning checkpoints are stored (dtype, which ones keep their weights)."""
 
@@ -405,8 +412,8 @@ class SweepConfig:
 
     @functools.cached_property
     def plan(self) -> SweepPlan:
-        """The facts every stage reads (positions, evaluation counts, unnorm key, inference policy), computed on
-        first use (razor_robot.experiment.plan)."""
+        """The facts every stage reads (positions, evaluation counts, unnorm key, inference policy), computed
+        on first use (razor_robot.experiment.plan)."""
         return SweepPlan.of(self)
 
     @property
@@ -426,7 +433,8 @@ class SweepConfig:
         return resolve_device(self.inference_policy())[1]
 
     def env_pool(self) -> EnvPool:
-        """The configured env workers: one pool for every task, started on first use (razor_robot.rollout.pool)."""
+        """The configured env workers: one pool for every task, started on first use
+        (razor_robot.rollout.pool)."""
         return EnvPool(self.backend, self.env, num_workers=self.num_workers, envs_per_worker=self.envs_per_worker,
                        engine=self.rollout_engine, ray_num_cpus=self.ray.env_num_cpus)
 

@@ -7,10 +7,10 @@
     5. finetune    every distill-sft run
     6. report      (razor_robot.experiment.stages.report, called by the CLI) verdict, frontier, Table 1, plots, videos
 
-Every checkpoint of every run becomes one record in ``OUT/results.jsonl`` (razor_robot.report.records; the base is
-the record with ``method == "base"``), appended once the run has finished, so an interrupted sweep never
-holds half a run: re-running the same command skips every run whose id is in the file and restarts the rest.
-A run that raises (including a NaN loss) is recorded as failed with its reason and the sweep goes on.
+Every checkpoint of every run becomes one record in ``OUT/results.jsonl`` (razor_robot.report.records; the
+base is the record with ``method == "base"``), appended once the run has finished, so an interrupted sweep
+never holds half a run: re-running the same command skips every run whose id is in the file and restarts the
+rest. A run that raises (including a NaN loss) is recorded as failed with its reason and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from razor_robot.experiment.stages.finetune import execute_run
 from razor_robot.experiment.stages.report import best_checkpoint
 from razor_robot.io import atomic_path, dumps_strict
 from razor_robot.report.bases import BASE_KEY
-from razor_robot.report.records import RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records
+from razor_robot.report.records import (
+    RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records,
+)
 from razor_robot.report.stats import rate_summary
 from razor_robot.training.distributed import run_on_main
 
@@ -42,8 +44,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
               log: Callable[[str], None] = print, base_label: str = "") -> Path:
     """Run (or resume) the whole sweep; returns the results file.
 
-    Several bases (``base.seeds``): each base's sweep runs in ``OUT/<base label>/`` as a sweep of its own, then
-    ``OUT/results.jsonl`` gathers every base's records (each names its base in ``base_id``)."""
+    Several bases (``base.seeds``): each base's sweep runs in ``OUT/<base label>/`` as a sweep of its own,
+    then ``OUT/results.jsonl`` gathers every base's records (each names its base in ``base_id``)."""
     from razor_robot.envs import require_backend
     from razor_robot.rollout.ray_envs import require_ray
 
@@ -109,7 +111,8 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
 
 def _run_bases(bases: list[tuple[str, SweepConfig]], out: Path, progress: bool,
                log: Callable[[str], None]) -> Path:
-    """Every base's sweep in OUT/<label>/, then OUT/results.jsonl = all their records (rewritten atomically)."""
+    """Every base's sweep in OUT/<label>/, then OUT/results.jsonl = all their records (rewritten
+    atomically)."""
     parts = []
     for label, single in tqdm(bases, desc="bases", disable=not progress):
         log(f"== {label}: base {_base_reference(single)}")
@@ -134,8 +137,9 @@ def _tagged(records: list[dict[str, Any]], base_id: str) -> list[dict[str, Any]]
 
 
 def import_demos(path: str, image_key: str | None, directory: Path) -> Path:
-    """A LeRobot dataset as the SFT arm's data: the package's own directory is used as it is; a foreign one (or
-    another camera of it) is read once and written in the package's layout, so training reads one layout."""
+    """A LeRobot dataset as the SFT arm's data: the package's own directory is used as it is; a foreign one
+    (or another camera of it) is read once and written in the package's layout, so training reads one
+    layout."""
     from razor_robot.training.data import save_dataset
     from razor_robot.training.lerobot_format import read_info, read_lerobot
 
@@ -165,8 +169,8 @@ def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path,
         if "sft" in methods and config.demos.path:
             datasets["sft"] = str(import_demos(config.demos.path, config.demos.image_key, out / "sft-demos"))
         elif "sft" in methods:
-            _, directory = collect_demos(config, config.eval.new_task, config.plan.grid, config.demos.episodes_per_point,
-                                         config.demos.seed, pool, progress=progress)
+            _, directory = collect_demos(config, config.eval.new_task, config.plan.grid,
+                                         config.demos.episodes_per_point, config.demos.seed, pool, progress=progress)
             datasets["sft"] = str(directory)
         if "oracle-sft" in methods:
             try:
@@ -183,7 +187,8 @@ def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path,
 
 def _distill_data(config: SweepConfig, inputs: RunInputs, out: Path, results: Path, progress: bool,
                   log: Callable[[str], None]) -> RunInputs:
-    """Stage 4: distill-sft's dataset from the best RL checkpoint (highest new-task, then prior-task success)."""
+    """Stage 4: distill-sft's dataset from the best RL checkpoint (highest new-task, then prior-task
+    success)."""
     best = best_checkpoint([r for r in completed_records(results) if r["method"] == "rl"], "rl")
     if best is None:
         return dataclasses.replace(inputs, missing={**inputs.missing, "distill-sft": "every rl run failed"})

@@ -225,7 +225,8 @@ def action_token_distances(
             rows = np.arange(start, min(start + batch_size, n_obs * n_prefix))
             stacked = _row_distances(base_policy, policy, _take(images, obs_rows[rows]),
                                      [instructions[i] for i in obs_rows[rows]],
-                                     None if flat_prefixes is None else flat_prefixes[rows], generator, enter_base)
+                                     None if flat_prefixes is None else flat_prefixes[rows], generator,
+                                     enter_base)
             batch_sum = torch.einsum("nbd,b->nd", stacked, weights[rows])  # (4, D)
             totals = batch_sum if totals is None else totals + batch_sum
             # each observation's rows carry weight 1/B in total: × B makes them a per-observation average
@@ -239,11 +240,13 @@ def action_token_distances(
 
 
 def _row_distances(base_policy: Any, policy: Any, images: Any, instructions: list[str], prefixes: Any,
-                   generator: torch.Generator | None, enter_base: Callable[[], ContextManager[Any]]) -> torch.Tensor:
+                   generator: torch.Generator | None,
+                   enter_base: Callable[[], ContextManager[Any]]) -> torch.Tensor:
     """(4, b, D) per-position distances of b rows, at prefixes sampled from π0 (or the given ones (b, D))."""
     with enter_base():
         if prefixes is None:
-            tokens = base_policy.sample_actions(images, instructions, temperature=1.0, generator=generator)  # (b, D)
+            tokens = base_policy.sample_actions(images, instructions, temperature=1.0,
+                                                generator=generator)  # (b, D)
         else:
             tokens = prefixes  # (b, D)
         base_logits = base_policy.action_logits(images, instructions, tokens)  # (b, D, K)

@@ -184,7 +184,8 @@ def prior_task_requests(config: EvalConfig, task: str, n: int, backend: str,
 
 
 def simpler_drawer_episodes(task: str, backend: str, env_options: dict[str, Any] | None) -> list[Any]:
-    """SimplerEnv's standard drawer episode set (razor_robot.envs.simpler_backend.standard_drawer_episodes)."""
+    """SimplerEnv's standard drawer episode set
+    (razor_robot.envs.simpler_backend.standard_drawer_episodes)."""
     if backend != "simpler":
         raise ValueError("eval.prior_protocol 'simpler' needs backend: simpler")
     from razor_robot.envs.simpler_backend import standard_drawer_episodes

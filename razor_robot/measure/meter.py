@@ -2,12 +2,12 @@
 observations, and the prior-task forgetting that KL forecasts.
 
 RL's Razor finds forgetting predicted by E_{x~new task}[KL(pi0(.|x) || pi(.|x))]. The meter measures exactly
-that estimator (razor_robot.measure.distances.action_token_distances: full 256-bin KL at every token under one sampled
-prefix) on a few hundred of the cached observations every ``every`` optimiser steps (every RL iteration),
-and maps it through a quadratic KL -> forgetting fit: the fit of the runs this sweep has already finished
-(never the running one), or a fit file from another sweep. Each checkpoint's record then carries the forecast
-at its measured KL next to its measured forgetting, so the sweep's summary can say how well the meter forecast
-runs it had not seen (:func:`meter_summary`).
+that estimator (razor_robot.measure.distances.action_token_distances: full 256-bin KL at every token under one
+sampled prefix) on a few hundred of the cached observations every ``every`` optimiser steps (every RL
+iteration), and maps it through a quadratic KL -> forgetting fit: the fit of the runs this sweep has already
+finished (never the running one), or a fit file from another sweep. Each checkpoint's record then carries the
+forecast at its measured KL next to its measured forgetting, so the sweep's summary can say how well the meter
+forecast runs it had not seen (:func:`meter_summary`).
 
 Fit files are JSON ``{"coeffs": [c2, c1, c0], "distance_key": "kl", "runs": [...]}``; a sweep writes its own
 pooled fit to ``OUT/meter_fit.json`` for later sweeps.
@@ -75,8 +75,8 @@ def load_fit(path: str | Path) -> ForgettingFit:
 
 
 class ForgettingMeter:
-    """Call it as ``meter(step, policy)`` after every optimiser step (or RL iteration); every ``every``-th call
-    it returns ``{"meter/kl": ..., "meter/forecast": ...}`` (forecast only with a fit), else ``{}``."""
+    """Call it as ``meter(step, policy)`` after every optimiser step (or RL iteration); every ``every``-th
+    call it returns ``{"meter/kl": ..., "meter/forecast": ...}`` (forecast only with a fit), else ``{}``."""
 
     def __init__(self, base: Any, images: np.ndarray, instructions: Sequence[str], *, every: int,
                  fit: ForgettingFit | None, base_context: Callable | None = None, batch_size: int = 64,

@@ -33,7 +33,8 @@ evaluation rollouts), or, when none are given, one action per observation sample
 
 LoRA: a peft LoRA layer's effective weight is W0 + scaling · B A; ``EffectiveParameters`` reads every LoRA
 layer as that merged weight under the plain module name (``q_proj.weight``, not ``q_proj.base_layer.weight``)
-and drops the adapter tensors, so a LoRA policy compares with a full base or with its own adapter-free weights.
+and drops the adapter tensors, so a LoRA policy compares with a full base or with its own adapter-free
+weights.
 
 Public API:
     EffectiveParameters(model, adapters=True, exclude=())   lazy read-only mapping name -> effective weight

@@ -1,13 +1,15 @@
-"""Several bases in one sweep: per-base and pooled verdicts, whether the bases agree, fits on a common reference.
+"""Several bases in one sweep: per-base and pooled verdicts, whether the bases agree, fits on a common
+reference.
 
 One base is one draw of the pretraining recipe, so one base cannot tell a finding from a property of that base
-(SimplerEnv's maintainers ask for repeated trials; rliable aggregates over runs, never one). A multi-base sweep
-(``base.seeds``) fine-tunes every base with every run, and every record names its base (``base_id``):
+(SimplerEnv's maintainers ask for repeated trials; rliable aggregates over runs, never one). A multi-base
+sweep (``base.seeds``) fine-tunes every base with every run, and every record names its base (``base_id``):
 
 - per base: the verdict from that base's records alone (razor_robot.report.verdict.compare_methods);
-- pooled: the mean over bases of the per-base retention gaps, with a hierarchical bootstrap interval: the bases
-  are drawn with replacement, then each drawn base contributes one of its own paired-episode replicates
-  (razor_robot.report.stats.hierarchical_bootstrap), so the interval holds base-to-base variation and episode noise;
+- pooled: the mean over bases of the per-base retention gaps, with a hierarchical bootstrap interval: the
+  bases are drawn with replacement, then each drawn base contributes one of its own paired-episode replicates
+  (razor_robot.report.stats.hierarchical_bootstrap), so the interval holds base-to-base variation and episode
+  noise;
 - agreement: whether every base's verdict came out the same;
 - the forgetting-vs-distance fits and Table 1 on all bases' checkpoints at once, each checkpoint's forgetting
   measured against its own base (`rereferenced`).
@@ -23,7 +25,9 @@ import numpy as np
 
 from razor_robot.report.frontier import BASE_METHOD, Record, check_records, fine_tuning_methods
 from razor_robot.report.stats import DEFAULT_RESAMPLES, hierarchical_bootstrap, percentile_interval
-from razor_robot.report.verdict import Verdict, method_display_name, format_signed, comparisons, gap_replicates, outcome_of
+from razor_robot.report.verdict import (
+    Verdict, comparisons, format_signed, gap_replicates, method_display_name, outcome_of,
+)
 
 BASE_KEY = "base_id"
 """Record field naming the base a checkpoint was fine-tuned from (the base's own record carries it too)."""
@@ -38,9 +42,10 @@ def by_base(records: Iterable[Record]) -> dict[str, list[Record]]:
 
 
 def rereferenced(records: Iterable[Record]) -> list[Record]:
-    """Copies whose prior-task scores are shifted so that every base's prior-task score is the mean over bases:
-    base prior - prior (forgetting) is then each checkpoint's forgetting against its own base, and the fits
-    of razor_robot.report.frontier / razor_robot.report.table1 can pool all bases. A single base is returned unchanged."""
+    """Copies whose prior-task scores are shifted so that every base's prior-task score is the mean over
+    bases: base prior - prior (forgetting) is then each checkpoint's forgetting against its own base, and the
+    fits of razor_robot.report.frontier / razor_robot.report.table1 can pool all bases. A single base is
+    returned unchanged."""
     checked = check_records(records)
     groups = by_base(checked)
     if len(groups) < 2:

@@ -6,7 +6,8 @@ Works on plain records, e.g. the lines of results.jsonl:
 
 Conventions:
 - Scores are success rates in **percentage points** (0-100); `tolerance` is in points. Records holding
-  fractions (0-1) are converted by `load_records(path, scale=100)` (razor_robot.report.summary.frontier_report too).
+  fractions (0-1) are converted by `load_records(path, scale=100)` (razor_robot.report.summary.frontier_report
+  too).
 - The record with method == "base" is the pre-fine-tuning policy: forgetting = base prior_task - prior_task.
 - Distances (`kl`, `kl/reverse`, `kl/tv`, `kl/l2`) may be missing, None or NaN: such records are left out of
   the fits that need them and drawn nowhere on the distance plot. "kl" falls back to "kl/forward" (the key
@@ -20,8 +21,8 @@ Frontier definitions (both maximise new_task and prior_task):
   `interpolation="linear"` joins the frontier points with straight lines instead (a slightly stricter
   test between frontier points).
 
-The rest of the report builds on this module: razor_robot.report.verdict (success rates with their intervals, the
-paired episode bootstrap, the verdict), razor_robot.report.table1 (R² of every predictor, Table 1) and
+The rest of the report builds on this module: razor_robot.report.verdict (success rates with their intervals,
+the paired episode bootstrap, the verdict), razor_robot.report.table1 (R² of every predictor, Table 1) and
 razor_robot.report.summary (summary.txt, the plots, `frontier_report`).
 
 This module needs numpy; fits need scipy (the `learn` extra). It never imports torch.
@@ -342,7 +343,8 @@ def fit_forgetting_vs_distance(
 
 
 # --------------------------------------------------------------------------------------------------------
-# Small helpers shared with razor_robot.report.verdict, razor_robot.report.table1 and razor_robot.report.summary
+# Small helpers shared with razor_robot.report.verdict, razor_robot.report.table1 and
+# razor_robot.report.summary
 # --------------------------------------------------------------------------------------------------------
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

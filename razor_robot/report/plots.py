@@ -16,8 +16,9 @@ import numpy as np
 
 from razor_robot.io import atomic_path
 from razor_robot.report.frontier import (
-    BASE_METHOD, DISTANCE_KEYS, PLOT_INSTALL_HINT, Record, base_prior, check_records, distance, fine_tuning_methods,
-    fit_exponential, fit_forgetting_vs_distance, fit_methods, format_number, near_frontier, pareto_frontier,
+    BASE_METHOD, DISTANCE_KEYS, PLOT_INSTALL_HINT, Record, base_prior, check_records, distance,
+    fine_tuning_methods, fit_exponential, fit_forgetting_vs_distance, fit_methods, format_number, near_frontier,
+    pareto_frontier,
     stored_interval,
 )
 from razor_robot.report.stats import DEFAULT_RESAMPLES

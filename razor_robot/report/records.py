@@ -1,13 +1,13 @@
-"""The sweep's records, written atomically (razor_robot.io.atomic_path): an interrupted sweep never leaves half a
-file, and re-running it resumes from what is complete.
+"""The sweep's records, written atomically (razor_robot.io.atomic_path): an interrupted sweep never leaves
+half a file, and re-running it resumes from what is complete.
 
 ``OUT/results.jsonl`` holds one JSON record per evaluated checkpoint (the base policy is the record with
 ``method == "base"``); a run's records are appended together, only once the run has finished, so the file
 never holds half a run. A run that raised is recorded as ``{"run_id", "status": "failed", "reason"}``.
 
 Records are strict JSON (razor_robot.io.dumps_strict): a non-finite number is ``null``, named in the record's
-``null_reasons``, and :func:`read_records` puts the numbers back, so the code that reads a record sees what was
-measured.
+``null_reasons``, and :func:`read_records` puts the numbers back, so the code that reads a record sees what
+was measured.
 """
 
 from __future__ import annotations

@@ -133,8 +133,9 @@ def hierarchical_means(within: np.ndarray, unit_draws: np.ndarray, replicate_dra
     """(R,) means over each resample's drawn units of a within-unit replicate: row r averages
     within[unit_draws[r, j], replicate_draws[r, j]] over j.
 
-    within: (U, R_in) each unit's (base's) own bootstrap replicates of its statistic; unit_draws, replicate_draws:
-    (R, U) indices, the units drawn with replacement and, for each draw, which of its replicates it contributes.
+    within: (U, R_in) each unit's (base's) own bootstrap replicates of its statistic; unit_draws,
+    replicate_draws: (R, U) indices, the units drawn with replacement and, for each draw, which of its
+    replicates it contributes.
     """
     within = np.asarray(within, dtype=float)
     return within[unit_draws, replicate_draws].mean(axis=1)  # (R, U) -> (R,)

@@ -1,7 +1,8 @@
 """The frontier report: summary.txt's text, and frontier.png, kl_forgetting.png and table1.csv beside it.
 
-- `summary_table`: the text that opens with the "verdict:" line (razor_robot.report.verdict), then the forward-KL
-  fit, the per-method table, every checkpoint with its intervals, and Table 1 (razor_robot.report.table1).
+- `summary_table`: the text that opens with the "verdict:" line (razor_robot.report.verdict), then the
+  forward-KL fit, the per-method table, every checkpoint with its intervals, and Table 1
+  (razor_robot.report.table1).
 - `frontier_outputs` writes the plots (razor_robot.report.plots) and table1.csv into a directory;
   `frontier_report(results.jsonl, out_dir)` is `razor-robot frontier`.
 
@@ -19,8 +20,8 @@ import numpy as np
 
 from razor_robot.report.bases import by_base, pooled_verdict_lines, rereferenced
 from razor_robot.report.frontier import (
-    BASE_METHOD, DISTANCE_KEYS, Record, align_columns, base_prior, check_records, distance, fine_tuning_methods,
-    format_number, load_records, stored_interval,
+    BASE_METHOD, DISTANCE_KEYS, Record, align_columns, base_prior, check_records, distance,
+    fine_tuning_methods, format_number, load_records, stored_interval,
 )
 from razor_robot.report.plots import plot_frontier, plot_kl_forgetting
 from razor_robot.report.stats import DEFAULT_RESAMPLES
@@ -166,7 +167,8 @@ def frontier_report(
     tolerance: float = 2.0, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, band_resamples: int = 100,
 ) -> str:
     """Read results.jsonl and run `frontier_outputs` (frontier.png, kl_forgetting.png, table1.csv, text); with
-    several bases (records naming different ``base_id``), the pooled verdicts head the text (razor_robot.report.bases)."""
+    several bases (records naming different ``base_id``), the pooled verdicts head the text
+    (razor_robot.report.bases)."""
     records = load_records(results_jsonl_path, scale=scale)
     if not records:
         raise ValueError(f"{results_jsonl_path}: no records")

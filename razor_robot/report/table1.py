@@ -1,9 +1,10 @@
 """Table 1 for robots: how well each distance or predictor explains forgetting (RL's Razor, Table 1).
 
-`r2_fits` / `table1`: R² of the quadratic forgetting fit (razor_robot.report.frontier.fit_forgetting_vs_distance)
-for every "kl/" and "pred/" key of the records, all methods pooled, with a checkpoint bootstrap CI, and
-whether forward KL predicts forgetting better than each (the paired bootstrap of the R² difference);
-`format_table1` / `write_table1` print it and write table1.csv; `forward_kl_line` is the summary's line.
+`r2_fits` / `table1`: R² of the quadratic forgetting fit
+(razor_robot.report.frontier.fit_forgetting_vs_distance) for every "kl/" and "pred/" key of the records, all
+methods pooled, with a checkpoint bootstrap CI, and whether forward KL predicts forgetting better than each
+(the paired bootstrap of the R² difference); `format_table1` / `write_table1` print it and write table1.csv;
+`forward_kl_line` is the summary's line.
 
 Scores are in percentage points, as in razor_robot.report.frontier. Needs numpy and scipy.
 """

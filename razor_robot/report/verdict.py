@@ -1,4 +1,5 @@
-"""Success rates with their uncertainty, and the verdict: which method forgets less at matched new-task success.
+"""Success rates with their uncertainty, and the verdict: which method forgets less at matched new-task
+success.
 
 Records as in results.jsonl (old records without these keys still work, without intervals):
 - Each success rate may carry "<key>/n", "<key>/successes", "<key>/ci95" (Wilson, points) and the record
@@ -21,7 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from razor_robot.report.frontier import check_records, stored_interval, is_number, fine_tuning_methods, BASE_METHOD, Record
+from razor_robot.report.frontier import (
+    BASE_METHOD, Record, check_records, fine_tuning_methods, is_number, stored_interval,
+)
 from razor_robot.report.stats import (
     DEFAULT_RESAMPLES,
     episodes_to_resolve,

@@ -1,8 +1,9 @@
 """Rollout videos: episodes tiled into a mosaic, each tile annotated with task, step and success.
 
 Frames come from the video camera when the rollout kept one (Meta-World's ``viewer_size``: its own camera and
-size, ``Trajectory.extras["viewer"]``), else from the policy's own observations. :func:`write_comparison_video`
-puts checkpoints side by side on the same episodes, one column each under a caption with its rates.
+size, ``Trajectory.extras["viewer"]``), else from the policy's own observations.
+:func:`write_comparison_video` puts checkpoints side by side on the same episodes, one column each under a
+caption with its rates.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ TEXT_COLOUR = (255, 255, 255)
 
 
 def annotate(frame: np.ndarray, lines: Sequence[str], tile_size: int, border: tuple[int, int, int] | None) -> np.ndarray:
-    """Upscale ``frame`` (H, W, 3) to (tile_size, tile_size, 3) and draw ``lines`` over a dark band at the top."""
+    """Upscale ``frame`` (H, W, 3) to (tile_size, tile_size, 3) and draw ``lines`` over a dark band at the
+    top."""
     image = Image.fromarray(frame).resize((tile_size, tile_size), Image.NEAREST)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
@@ -70,7 +72,8 @@ def episode_frames(trajectory: Trajectory, length: int, tile_size: int, label: s
 
 def render_video_frames(trajectories: Sequence[Trajectory], tile_size: int = 256, columns: int | None = None,
                         labels: Sequence[str] | None = None, hold_last: int = 5) -> list[np.ndarray]:
-    """Mosaic frames (one per step) of all ``trajectories``; the final frame is held ``hold_last`` extra times."""
+    """Mosaic frames (one per step) of all ``trajectories``; the final frame is held ``hold_last`` extra
+    times."""
     if not trajectories:
         raise ValueError("no trajectories to render")
     columns = columns or math.ceil(math.sqrt(len(trajectories)))

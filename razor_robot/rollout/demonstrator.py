@@ -1,4 +1,5 @@
-"""Per-episode demonstrators (Meta-World's experts, RT-1, the scripted Google-robot pick) as one BatchPolicy."""
+"""Per-episode demonstrators (Meta-World's experts, RT-1, the scripted Google-robot pick) as one
+BatchPolicy."""
 
 from __future__ import annotations
 

@@ -26,9 +26,10 @@ class BatchPolicy(Protocol):
         self, images: np.ndarray, states: np.ndarray, instructions: Sequence[str], slots: Sequence[int],
         **observations: np.ndarray,
     ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
-        """images (N, H, W, 3) uint8, states (N, S), slots (N,) -> actions (N, A), optionally with per-step extras
-        (N, ...). The extra ``"terminate"`` (N,) bool ends a row's episode after this action. Observation keys
-        beside image and state (e.g. SimplerEnv's ``image_native``) arrive as keyword arguments, batched."""
+        """images (N, H, W, 3) uint8, states (N, S), slots (N,) -> actions (N, A), optionally with per-step
+        extras (N, ...). The extra ``"terminate"`` (N,) bool ends a row's episode after this action.
+        Observation keys beside image and state (e.g. SimplerEnv's ``image_native``) arrive as keyword
+        arguments, batched."""
         ...
 
 
@@ -77,7 +78,8 @@ class Trajectory:
     def of(cls, request: EpisodeRequest, instruction: str, success: bool, images: np.ndarray | None,
            states: np.ndarray, actions: np.ndarray, step_success: np.ndarray,
            extras: dict[str, np.ndarray]) -> "Trajectory":
-        """A finished episode of ``request`` (``images`` None when they were not kept), as both engines record it."""
+        """A finished episode of ``request`` (``images`` None when they were not kept), as both engines record
+        it."""
         xy = request.object_xy
         return cls(task=request.task, instruction=instruction, seed=request.seed,
                    object_xy=None if xy is None else (float(xy[0]), float(xy[1])), success=bool(success),
@@ -96,7 +98,8 @@ def episode_success(step_success: Sequence[bool], success_mode: str, final_succe
 
 
 def success_mode_of(env: Any) -> str:
-    """An env's success_mode ("final" or "any"): its own attribute, or its config's (SimplerEnv), else final."""
+    """An env's success_mode ("final" or "any"): its own attribute, or its config's (SimplerEnv), else
+    final."""
     base = getattr(env, "unwrapped", env)
     mode = getattr(base, "success_mode", None) or getattr(getattr(base, "config", None), "success_mode", None)
     return mode or "final"

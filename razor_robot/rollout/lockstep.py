@@ -66,8 +66,8 @@ def make_vector_env(env_factory: Callable[[], gym.Env], num_workers: int) -> gym
 
 
 def _fork_unsafe() -> bool:
-    # A forked child inherits torch's thread pools and an initialised EGL display (once the parent has rendered)
-    # and can deadlock on either; spawn is safe everywhere, fork is kept for light pure-Python envs.
+    # A forked child inherits torch's thread pools and an initialised EGL display (once the parent has
+    # rendered) and can deadlock on either; spawn is safe everywhere, fork is kept for light pure-Python envs.
     import sys
 
     return any(name in sys.modules for name in ("torch", "mujoco", "sapien"))
@@ -75,7 +75,8 @@ def _fork_unsafe() -> bool:
 
 def lockstep_rollout(vector_env: gym.vector.VectorEnv, requests: Sequence[EpisodeRequest], policy: BatchPolicy,
                      *, keep_images: bool = True, on_batch: Callable[[int], Any] | None = None) -> list[Trajectory]:
-    """Run ``requests`` (all of one task and env options) in batches of ``vector_env.num_envs``, in lockstep."""
+    """Run ``requests`` (all of one task and env options) in batches of ``vector_env.num_envs``, in
+    lockstep."""
     if not requests:
         return []
     if len({(r.task, repr(sorted((r.env_options or {}).items()))) for r in requests}) != 1:

@@ -49,7 +49,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from razor_robot.envs.core import VIEWER_KEY as VIEWER
-from razor_robot.rollout.episodes import BatchPolicy, EpisodeRequest, Trajectory, episode_success, success_mode_of
+from razor_robot.rollout.episodes import (
+    BatchPolicy, EpisodeRequest, Trajectory, episode_success, success_mode_of,
+)
 from razor_robot.rollout.lockstep import lockstep_rollout
 
 ENGINES = ("subprocess", "ray")
@@ -59,7 +61,8 @@ EnvFactory = Callable[..., Any]
 
 @dataclass
 class RolloutTotals:
-    """What every pool of this process has simulated so far (the sweep's closing line; scripts/bench_sweep.py)."""
+    """What every pool of this process has simulated so far (the sweep's closing line;
+    scripts/bench_sweep.py)."""
 
     episodes: int = 0
     env_steps: int = 0
@@ -101,8 +104,8 @@ def _worker_main(conn: Connection, factory: EnvFactory) -> None:
     """Serve batches of per-slot operations until told to close; reply with one result list per batch.
 
     Operations: ``(slot, "reset", (task, seed, options, env_options))`` and ``(slot, "step", action)``; a step
-    may carry the slot's next reset, ``(slot, "step", action, reset_payload)``, run right after the step so the
-    slot's next episode is ready without another round trip.
+    may carry the slot's next reset, ``(slot, "step", action, reset_payload)``, run right after the step so
+    the slot's next episode is ready without another round trip.
     """
     os.environ.setdefault("LP_NUM_THREADS", "0")
     envs: dict[tuple[int, str, str], Any] = {}
@@ -222,8 +225,8 @@ class Reset(NamedTuple):
 
 
 class Step(NamedTuple):
-    """Step ``slot`` with ``action``; ``next``, when the episode ends with this step, resets the slot right after
-    it in the same round trip."""
+    """Step ``slot`` with ``action``; ``next``, when the episode ends with this step, resets the slot right
+    after it in the same round trip."""
 
     slot: int
     action: np.ndarray
@@ -529,9 +532,9 @@ def rollout(
 ) -> list[Trajectory]:
     """Run ``requests`` with ``policy``; one Trajectory per request, in request order.
 
-    Pass an open :class:`razor_robot.rollout.pool.EnvPool` as ``pool`` to reuse its workers; otherwise a pool of
-    ``num_workers`` workers (``env_factory(task, **env_options)`` or ``make_env(task, backend, ...)``) is made
-    for this call and released after it.
+    Pass an open :class:`razor_robot.rollout.pool.EnvPool` as ``pool`` to reuse its workers; otherwise a pool
+    of ``num_workers`` workers (``env_factory(task, **env_options)`` or ``make_env(task, backend, ...)``) is
+    made for this call and released after it.
     """
     if pool is not None:
         return pool.rollout(requests, policy, keep_images=keep_images, progress=progress)

@@ -2,7 +2,7 @@
 
     sft            supervised fine-tuning on demonstration action tokens (train_sft)
     reinforce      REINFORCE and its variants, cut at the paper's steps (train_reinforce)
-    optim          the optimiser recipe, the checkpoint schedule, action-token targets, augmentation, NaN guard
+    optim          the optimiser recipe and set-up, the checkpoint schedule, action-token targets, augmentation
     distributed    accelerate (DDP/FSDP) helpers: main-process work, micro-batches, the rollout copy
     dataset        DemoDataset, the in-memory steps SFT trains on
     data           collecting demonstrations (through razor_robot.rollout), saving and loading datasets

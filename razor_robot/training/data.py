@@ -1,16 +1,17 @@
 """Demonstration datasets: collected with a demonstrator, stored as LeRobotDataset v3.0 directories.
 
-A dataset directory is a LeRobot v3.0 dataset (razor_robot.training.lerobot_format: meta/info.json, meta/stats.json,
-meta/tasks.parquet, meta/episodes/..., data/chunk-XXX/file-XXX.parquet), which lerobot's ``LeRobotDataset(repo_id,
-root=DIR)`` loads and which this package reads back exactly; the collection metadata (per-task episode counts,
-shortfalls per grid point, the action normalisation statistics) sits in info.json under ``razor_robot``. A
-foreign LeRobot v3.0 dataset reads too (its image, action and task strings).
+A dataset directory is a LeRobot v3.0 dataset (razor_robot.training.lerobot_format: meta/info.json,
+meta/stats.json, meta/tasks.parquet, meta/episodes/..., data/chunk-XXX/file-XXX.parquet), which lerobot's
+``LeRobotDataset(repo_id, root=DIR)`` loads and which this package reads back exactly; the collection metadata
+(per-task episode counts, shortfalls per grid point, the action normalisation statistics) sits in info.json
+under ``razor_robot``. A foreign LeRobot v3.0 dataset reads too (its image, action and task strings).
 
-The env actions are stored as the demonstrator sent them (``env_actions``, LeRobot's ``action``); the SFT labels
-(``actions``, ``action.label``) are clipped to the env's [-1, 1] box (the env clips them anyway, and labels
-beyond the box would land in the edge bins). A demonstrator's token ids depend on the policy's vocabulary and
-action statistics, so SFT bins the labels at training time (razor_robot.training.optim.action_bins); episodes of a
-policy keep the tokens it sampled (``tokens``, ``action.tokens``), which are then the labels.
+The env actions are stored as the demonstrator sent them (``env_actions``, LeRobot's ``action``); the SFT
+labels (``actions``, ``action.label``) are clipped to the env's [-1, 1] box (the env clips them anyway, and
+labels beyond the box would land in the edge bins). A demonstrator's token ids depend on the policy's
+vocabulary and action statistics, so SFT bins the labels at training time
+(razor_robot.training.optim.action_bins); episodes of a policy keep the tokens it sampled (``tokens``,
+``action.tokens``), which are then the labels.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class CollectionPlan:
 
 
 ENV_ACTION = "env_action"
-"""Trajectory.extras key of the env actions when ``actions`` were converted to labels (SimplerEnv's gripper)."""
+"""Trajectory.extras key of the env actions when ``actions`` were converted to labels (SimplerEnv's
+gripper)."""
 
 
 def trajectories_to_dataset(trajectories: Sequence[Trajectory], grid_index: Sequence[int] | None = None,

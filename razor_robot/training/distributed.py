@@ -45,7 +45,8 @@ class DistributedSpec:
     """How training is spread over processes (launch with ``accelerate launch`` for more than one)."""
 
     strategy: str = "none"
-    """"none" (one process), "ddp" (replicated weights) or "fsdp" (fully sharded weights, gradients, optimizer)."""
+    """"none" (one process), "ddp" (replicated weights) or "fsdp" (fully sharded weights, gradients,
+    optimizer)."""
     mixed_precision: str = "no"
     """"no" or "bf16": compute in bf16 over fp32 master weights (FSDP keeps the fp32 shards)."""
     cpu_offload: bool = False
@@ -167,12 +168,12 @@ def run_on_main(accelerator, what: str, work: Callable[[], T], poll_seconds: flo
     """``work()`` on the main process; returns its value on every process (``work()`` itself in one process or
     without an accelerator).
 
-    The other processes wait by polling the rendezvous store (torch.distributed's key-value store) until the main
-    process posts that it is done, and only then meet it in the broadcast of the value. A collective held open
-    for the whole stretch instead would fail after ``distributed.timeout_minutes`` (NCCL's watchdog aborts the
-    job), and demonstrations or evaluations with ray-traced scenes take hours. Every process must call this in
-    the same order (the calls are numbered). If ``work`` raises, the main process re-raises and the others
-    raise a RuntimeError naming ``what``.
+    The other processes wait by polling the rendezvous store (torch.distributed's key-value store) until the
+    main process posts that it is done, and only then meet it in the broadcast of the value. A collective held
+    open for the whole stretch instead would fail after ``distributed.timeout_minutes`` (NCCL's watchdog
+    aborts the job), and demonstrations or evaluations with ray-traced scenes take hours. Every process must
+    call this in the same order (the calls are numbered). If ``work`` raises, the main process re-raises and
+    the others raise a RuntimeError naming ``what``.
     """
     if accelerator is None or not is_distributed(accelerator):
         return work()
@@ -237,10 +238,10 @@ class RolloutCopy:
     """The unsharded policy a process rolls out with.
 
     Without FSDP every process holds the whole policy, so the rollout policy is the trained policy itself.
-    Under FSDP it is a separate unsharded policy on this process's GPU, in bf16 when training computes in bf16:
-    built on the meta device and given storage directly on the GPU (never a host copy of the weights), its
-    RoPE frequencies recomputed in fp32 as loading does, and its weights filled by :meth:`refresh` from the
-    gathered weights (gathered on the main process, then broadcast), first right after ``prepare``.
+    Under FSDP it is a separate unsharded policy on this process's GPU, in bf16 when training computes in
+    bf16: built on the meta device and given storage directly on the GPU (never a host copy of the weights),
+    its RoPE frequencies recomputed in fp32 as loading does, and its weights filled by :meth:`refresh` from
+    the gathered weights (gathered on the main process, then broadcast), first right after ``prepare``.
     """
 
     def __init__(self, accelerator, policy):
@@ -271,8 +272,9 @@ class RolloutCopy:
 
 
 def empty_copy(policy, device, dtype=None):
-    """A policy of ``policy``'s architecture (LoRA adapters included) with uninitialised weights on ``device``,
-    parameters in ``dtype`` (None: the policy's), RoPE frequencies in fp32: no copy of the weights is made."""
+    """A policy of ``policy``'s architecture (LoRA adapters included) with uninitialised weights on
+    ``device``, parameters in ``dtype`` (None: the policy's), RoPE frequencies in fp32: no copy of the weights
+    is made."""
     import torch
 
     from razor_robot.policies.modeling_vla import VLAPolicy

@@ -1,4 +1,5 @@
-"""LeRobotDataset v3.0 on disk, written and read with pyarrow alone (installing ``lerobot`` would pin an older torch).
+"""LeRobotDataset v3.0 on disk, written and read with pyarrow alone (installing ``lerobot`` would pin an older
+torch).
 
 The layout is the one ``lerobot/datasets/utils.py`` and ``lerobot_dataset.py`` (lerobot 0.4.4) define::
 
@@ -10,9 +11,9 @@ The layout is the one ``lerobot/datasets/utils.py`` and ``lerobot_dataset.py`` (
 
 Frame features of the package's datasets: ``observation.image`` (PNG bytes, lossless), ``observation.state``,
 ``action`` (the env action as the demonstrator or policy sent it), ``action.label`` (the label in the policy's
-action convention, clipped to [-1, 1]: what SFT bins with the policy's statistics), ``action.tokens`` (the OpenVLA
-vocabulary ids a policy sampled; only in datasets of a policy's own episodes, where they are the SFT labels),
-``next.reward``, ``next.done``, ``next.success``, ``episode.grid_index`` (-1 without a position) and
+action convention, clipped to [-1, 1]: what SFT bins with the policy's statistics), ``action.tokens`` (the
+OpenVLA vocabulary ids a policy sampled; only in datasets of a policy's own episodes, where they are the SFT
+labels), ``next.reward``, ``next.done``, ``next.success``, ``episode.grid_index`` (-1 without a position) and
 ``episode.seed``, plus lerobot's ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index``.
 The task string is the instruction; the package's task name and collection metadata sit in info.json under
 ``razor_robot``. Every file is written atomically (temp file, rename), info.json last: a directory without
@@ -45,8 +46,8 @@ CHUNKS_SIZE = 1000
 DATA_FILES_SIZE_IN_MB = 100
 """A data file is closed before it would pass this size (lerobot's DEFAULT_DATA_FILE_SIZE_IN_MB)."""
 FPS = {"metaworld": 20, "simpler": 3}
-"""Policy steps per second: Meta-World's 80 Hz control with the package's 4 repeats per action; the Google robot
-of SimplerEnv at its 3 Hz control frequency."""
+"""Policy steps per second: Meta-World's 80 Hz control with the package's 4 repeats per action; the Google
+robot of SimplerEnv at its 3 Hz control frequency."""
 CONVERT_HINT = "python -m lerobot.datasets.v30.convert_dataset_v21_to_v30 --repo-id=REPO_ID"
 """lerobot's own converter of v2.1 datasets (lerobot >= 0.4)."""
 LEGACY_FILES = ("steps.parquet", "meta.json")
@@ -71,7 +72,8 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def _stats(values: np.ndarray, image: bool = False) -> dict[str, Any]:
-    """lerobot's per-feature statistics: images per channel in [0, 1] with shape (3, 1, 1), vectors per dim."""
+    """lerobot's per-feature statistics: images per channel in [0, 1] with shape (3, 1, 1), vectors per
+    dim."""
     if image:  # (N, H, W, 3) uint8
         values = values.astype(np.float64) / 255.0
         axes, shape = (0, 1, 2), (3, 1, 1)
@@ -84,8 +86,8 @@ def _stats(values: np.ndarray, image: bool = False) -> dict[str, Any]:
 
 
 def _tasks_table(pa: Any, tasks: list[str]) -> Any:
-    """meta/tasks.parquet as pandas writes ``DataFrame({"task_index": ...}, index=tasks)``: lerobot reads it with
-    pandas and takes a task's string from the index, so the pandas metadata names "task" as the index."""
+    """meta/tasks.parquet as pandas writes ``DataFrame({"task_index": ...}, index=tasks)``: lerobot reads it
+    with pandas and takes a task's string from the index, so the pandas metadata names "task" as the index."""
     pandas_meta = {
         "index_columns": ["task"], "column_indexes": [],
         "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
@@ -130,7 +132,8 @@ def frame_features(dataset: Any) -> dict[str, dict[str, Any]]:
 
 def _frame_columns(dataset: Any, starts: np.ndarray, ends: np.ndarray, fps: int,
                    tasks: list[str]) -> dict[str, Any]:
-    """The data files' columns, keyed as in :func:`frame_features`: (N, k) arrays, (N,) arrays, image structs."""
+    """The data files' columns, keyed as in :func:`frame_features`: (N, k) arrays, (N,) arrays, image
+    structs."""
     import pyarrow as pa
 
     n = len(dataset)
@@ -188,8 +191,9 @@ def _episode_rows(instructions: list[str], starts: np.ndarray, ends: np.ndarray,
 
 
 def write_lerobot(dataset: Any, directory: str | os.PathLike, *, fps: int | None = None) -> Path:
-    """Write a DemoDataset as a LeRobotDataset v3.0 directory (see the module docstring). Episodes are renumbered
-    0..E-1 in order of first appearance; ``episode_ids`` must keep each episode's frames together."""
+    """Write a DemoDataset as a LeRobotDataset v3.0 directory (see the module docstring). Episodes are
+    renumbered 0..E-1 in order of first appearance; ``episode_ids`` must keep each episode's frames
+    together."""
     import pyarrow as pa
 
     directory = Path(directory)
@@ -237,7 +241,8 @@ def write_lerobot(dataset: Any, directory: str | os.PathLike, *, fps: int | None
 
 
 def read_info(directory: Path) -> dict[str, Any]:
-    """meta/info.json of a v3.0 dataset, or a one-line error for anything else (v2.x, the old layout, none)."""
+    """meta/info.json of a v3.0 dataset, or a one-line error for anything else (v2.x, the old layout,
+    none)."""
     info_path = directory / INFO_PATH
     if not info_path.exists():
         if all((directory / name).exists() for name in LEGACY_FILES):
@@ -290,7 +295,8 @@ def _column(table: Any, key: str, dtype: Any) -> np.ndarray:
 
 
 def _decode_images(table: Any, key: str) -> np.ndarray:
-    """(N, H, W, 3) uint8 from an image column ({bytes, path} structs of encoded images, as lerobot embeds them)."""
+    """(N, H, W, 3) uint8 from an image column ({bytes, path} structs of encoded images, as lerobot embeds
+    them)."""
     from PIL import Image
 
     decoded = []
@@ -305,9 +311,10 @@ def _decode_images(table: Any, key: str) -> np.ndarray:
 
 
 def read_lerobot(directory: str | os.PathLike, *, image_key: str | None = None) -> Any:
-    """A LeRobotDataset v3.0 directory -> DemoDataset. The package's own datasets come back exactly; a foreign one
-    maps its image feature (``image_key``, else the first feature of dtype image), ``action``, the optional
-    ``observation.state`` and its task strings (the instructions). One-line errors name what is missing."""
+    """A LeRobotDataset v3.0 directory -> DemoDataset. The package's own datasets come back exactly; a foreign
+    one maps its image feature (``image_key``, else the first feature of dtype image), ``action``, the
+    optional ``observation.state`` and its task strings (the instructions). One-line errors name what is
+    missing."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -1,5 +1,5 @@
-"""Pieces shared by SFT and RL: the optimiser recipe and its set-up, the checkpoint schedule, action-token targets,
-augmentation, the NaN guard."""
+"""Pieces shared by SFT and RL: the optimiser recipe and its set-up, the checkpoint schedule, action-token
+targets, augmentation, the NaN guard."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup, then a constant learning rate (the paper's recipe for both SFT and RL, and what
-    every shipped config uses) or a cosine decay."""
+    """AdamW with linear warmup, then a constant learning rate (the paper's recipe for both SFT and RL, and
+    what every shipped config uses) or a cosine decay."""
 
     learning_rate: float = 1e-5
     """Peak (constant) learning rate."""
@@ -100,16 +100,16 @@ def prepare_training(accelerator: Any, policy: torch.nn.Module, config: OptimCon
 
 
 def checkpoint_schedule(total: int, checkpoints: int) -> list[int]:
-    """The steps (or iterations) 1..``total`` at which ``checkpoints`` evenly spaced checkpoints are saved, the
-    last one at ``total``: the final model is always a checkpoint."""
+    """The steps (or iterations) 1..``total`` at which ``checkpoints`` evenly spaced checkpoints are saved,
+    the last one at ``total``: the final model is always a checkpoint."""
     return sorted({max(1, round(total * (i + 1) / checkpoints)) for i in range(checkpoints)})
 
 
 def action_bins(policy: Any, actions: np.ndarray, unnorm_key: str) -> np.ndarray:
     """Continuous env actions (N, D) -> indices (N, D) into the policy's 256 action logits.
 
-    Normalised with the policy's q01/q99 statistics ``unnorm_key`` (clipped to [-1, 1]), then binned exactly as
-    OpenVLA's action tokenizer bins them.
+    Normalised with the policy's q01/q99 statistics ``unnorm_key`` (clipped to [-1, 1]), then binned exactly
+    as OpenVLA's action tokenizer bins them.
     """
     from razor_robot.policies.action_tokenizer import normalize_actions
 

@@ -14,17 +14,17 @@ minibatch's loss is the sum of A * log π over its steps divided by the number o
 Zero-advantage steps contribute exactly zero to that sum, so they are counted in the denominator but never run
 through the model.
 
-The paper's form (``optimizer_steps_per_iteration: None``, ceil(N / batch_size) AdamW steps per iteration) drifts
-away from competent behaviour on the tiny policy and collapses; the stable form (``1``: one AdamW step on the
-iteration's whole gradient) keeps the algorithm and changes only the optimiser schedule. Rollout success is itself
-a sample, so every run ends with :func:`rollout_stability`, which tells a collapse from noise. The measurements
-behind both are in docs/design-notes.md.
+The paper's form (``optimizer_steps_per_iteration: None``, ceil(N / batch_size) AdamW steps per iteration)
+drifts away from competent behaviour on the tiny policy and collapses; the stable form (``1``: one AdamW step
+on the iteration's whole gradient) keeps the algorithm and changes only the optimiser schedule. Rollout
+success is itself a sample, so every run ends with :func:`rollout_stability`, which tells a collapse from
+noise. The measurements behind both are in docs/design-notes.md.
 
 Variants (``RLConfig.variant``):
   - ``"reinforce"``: the paper's algorithm above.
   - ``"reinforce-01"``: A = R (1-0 REINFORCE: supervised learning on the policy's own successes).
-  - ``"kl-reinforce"``: adds ``kl_coef`` * KL(π(·|o) ‖ π0(·|o)), exact over the 256 bins at every token given the
-    sampled prefix, against the base policy.
+  - ``"kl-reinforce"``: adds ``kl_coef`` * KL(π(·|o) ‖ π0(·|o)), exact over the 256 bins at every token given
+    the sampled prefix, against the base policy.
   - ``"grpo"``: PPO-style clipped token-level ratio against the rollout policy, ``epochs_per_batch`` passes.
 """
 
@@ -202,7 +202,8 @@ class Learner:
     """An unsharded copy of the weights for rollouts and diagnostics (the policy itself with one process)."""
     actor: VLAActor
     base_logits_fn: Callable | None
-    """Teacher-forced logits of the base policy (kl-reinforce's penalty, the KL-to-base diagnostic), or None."""
+    """Teacher-forced logits of the base policy (kl-reinforce's penalty, the KL-to-base diagnostic), or
+    None."""
     episode_seeds: np.random.Generator
     """Episode seeds, drawn for every grid point on every rank: the same stream everywhere."""
     minibatch_order: torch.Generator
@@ -251,8 +252,8 @@ def train_reinforce(
 
     ``meter(iteration, policy)`` (razor_robot.measure.meter) runs after every iteration; what it returns is
     logged. Every iteration logs (``log(stats, iteration)``) rollout success, the fraction of groups whose
-    rewards are all equal (zero advantage), the mean pre-clipping gradient norm, and on ``diagnostic_steps`` of
-    the iteration's steps the action-token entropy and the KL to the previous iterate and to the base.
+    rewards are all equal (zero advantage), the mean pre-clipping gradient norm, and on ``diagnostic_steps``
+    of the iteration's steps the action-token entropy and the KL to the previous iterate and to the base.
 
     With an ``accelerator`` over several processes (see razor_robot.training.distributed) each process rolls
     out the grid points ``g`` with ``g % world == rank`` (whole groups, so advantages stay local) with an
@@ -263,8 +264,8 @@ def train_reinforce(
         raise ValueError("no training positions")
     accelerator = accelerator or make_accelerator(cpu=policy.device.type == "cpu")
     if len(positions) < accelerator.num_processes:
-        raise ValueError(f"{len(positions)} training positions cannot be shared by {accelerator.num_processes} "
-                         f"processes")
+        raise ValueError(f"{len(positions)} training positions cannot be shared by "
+                         f"{accelerator.num_processes} processes")
     learner = make_learner(policy, config, unnorm_key=unnorm_key, adapter_factory=adapter_factory,
                            base_policy=base_policy, accelerator=accelerator)
     checkpoint_iterations = checkpoint_schedule(config.iterations, config.checkpoints)
@@ -305,7 +306,8 @@ def train_reinforce(
 
 def make_learner(policy: Any, config: RLConfig, *, unnorm_key: str, adapter_factory: Callable[[], Any] | None,
                  base_policy: Any | None, accelerator: Any) -> Learner:
-    """The prepared model and optimiser, the rollout copy and its actor, the base's logits, the random streams."""
+    """The prepared model and optimiser, the rollout copy and its actor, the base's logits, the random
+    streams."""
     rank, world = accelerator.process_index, accelerator.num_processes
     episode_seeds = np.random.default_rng(config.seed)
     minibatch_order = torch.Generator().manual_seed(config.seed + rank)
@@ -318,8 +320,8 @@ def make_learner(policy: Any, config: RLConfig, *, unnorm_key: str, adapter_fact
     if config.variant == "kl-reinforce" or (config.diagnostic_steps and world == 1):
         base_logits_fn = _base_logits(rollout_copy.policy if base_policy is None else base_policy,
                                       copy_weights=base_policy is None)
-    return Learner(accelerator, model, optimizer, scheduler, rollout_copy, actor, base_logits_fn, episode_seeds,
-                   minibatch_order)
+    return Learner(accelerator, model, optimizer, scheduler, rollout_copy, actor, base_logits_fn,
+                   episode_seeds, minibatch_order)
 
 
 def collect_groups(learner: Learner, positions: np.ndarray, config: RLConfig, task: str, pool: Any, *,
@@ -329,7 +331,8 @@ def collect_groups(learner: Learner, positions: np.ndarray, config: RLConfig, ta
     requests, groups = [], []
     for g, xy in enumerate(positions):
         for _ in range(config.rollouts_per_point):
-            seed = int(learner.episode_seeds.integers(2**31 - 1))  # drawn for every point: the same stream on all ranks
+            # Drawn for every point, this process's or not: the same stream on all ranks.
+            seed = int(learner.episode_seeds.integers(2**31 - 1))
             if g % learner.world == learner.rank:
                 requests.append(EpisodeRequest(task, seed, (float(xy[0]), float(xy[1]))))
                 groups.append(g)
@@ -337,7 +340,8 @@ def collect_groups(learner: Learner, positions: np.ndarray, config: RLConfig, ta
     return trajectories, np.asarray(groups)
 
 
-def gather_counts(accelerator: Any, batch: StepBatch, rewards: np.ndarray, advantages: np.ndarray) -> IterationCounts:
+def gather_counts(accelerator: Any, batch: StepBatch, rewards: np.ndarray,
+                  advantages: np.ndarray) -> IterationCounts:
     """Steps, successes, active and all episodes of every process."""
     counts = accelerator.gather(torch.tensor([len(batch.tokens), rewards.sum(), np.sum(advantages != 0),
                                               len(rewards)], dtype=torch.float64, device=accelerator.device))
@@ -394,7 +398,8 @@ def update(learner: Learner, policy: Any, batch: StepBatch, counts: IterationCou
             n_updates += 1
     model.eval()
     learner.rollout_copy.refresh(model)
-    return {**{key: value / n_updates for key, value in sums.items()}, "rl/optimizer_steps": n_updates}, opt_step
+    means = {key: value / n_updates for key, value in sums.items()}  # over the iteration's optimiser steps
+    return {**means, "rl/optimizer_steps": n_updates}, opt_step
 
 
 def iteration_stats(learner: Learner, batch: StepBatch, config: RLConfig, counts: IterationCounts,
@@ -418,9 +423,9 @@ def iteration_stats(learner: Learner, batch: StepBatch, config: RLConfig, counts
 
 
 def rollout_stability(history: list[tuple[int, int]]) -> dict[str, float]:
-    """Did rollout success collapse, or only wobble? From per-iteration (successes, episodes): the largest fall
-    below the running best (``rl/max_drawdown``, a fraction) and how often a policy that never changed, at the
-    run's pooled success rate and the same episodes per iteration, falls at least that far
+    """Did rollout success collapse, or only wobble? From per-iteration (successes, episodes): the largest
+    fall below the running best (``rl/max_drawdown``, a fraction) and how often a policy that never changed,
+    at the run's pooled success rate and the same episodes per iteration, falls at least that far
     (``rl/drawdown_null_probability``, exact; see razor_robot.report.stats.drawdown_null_probability).
 
     Why both: with 128 episodes per iteration at ~11% success, a constant policy falls more than 10 points
@@ -443,8 +448,8 @@ def _zero_advantage_groups(rewards: np.ndarray, groups: np.ndarray) -> float:
 
 
 def _base_logits(policy: Any, *, copy_weights: bool) -> Callable:
-    """Teacher-forced action logits of the base policy: the adapter-free weights of a LoRA policy, else a frozen
-    copy of the weights as they are now (before any update)."""
+    """Teacher-forced action logits of the base policy: the adapter-free weights of a LoRA policy, else a
+    frozen copy of the weights as they are now (before any update)."""
     if getattr(policy, "lora_config", None) is not None:
         def base_logits(images, instructions, tokens):
             with policy.disable_adapter():
@@ -465,7 +470,8 @@ def _diagnostic_probe(batch: StepBatch, n: int, generator: np.random.Generator) 
 
 @torch.no_grad()
 def _probe_logits(model: Any, batch: StepBatch, probe: np.ndarray | None, micro: int) -> torch.Tensor | None:
-    """(n, D, K) fp32 teacher-forced action logits at the probe steps (``model`` a policy or a logits function)."""
+    """(n, D, K) fp32 teacher-forced action logits at the probe steps (``model`` a policy or a logits
+    function)."""
     if probe is None or model is None:
         return None
     logits_fn = getattr(model, "action_logits", model)
@@ -475,8 +481,8 @@ def _probe_logits(model: Any, batch: StepBatch, probe: np.ndarray | None, micro:
 
 
 def _diagnostics(before: torch.Tensor, after: torch.Tensor, base: torch.Tensor | None) -> dict[str, float]:
-    """Entropy of the rollout policy and KL(previous ‖ new), KL(base ‖ new), summed over the D action tokens and
-    averaged over the probe steps (nats)."""
+    """Entropy of the rollout policy and KL(previous ‖ new), KL(base ‖ new), summed over the D action tokens
+    and averaged over the probe steps (nats)."""
     from razor_robot.measure.distances import token_distances
 
     log_p = F.log_softmax(before.double(), -1)

@@ -2,8 +2,9 @@
 
 The paper's recipe: cross-entropy on the D action tokens, AdamW, constant learning rate after 10 linear warmup
 steps, max grad norm 1, weight decay 0, one epoch, bf16 on GPU. ``batch_size`` is the optimiser batch; when it
-does not fit, ``micro_batch_size`` splits it and gradients accumulate. Optional soft bin targets (a Gaussian over
-neighbouring bins) and pixel-shift augmentation serve base-policy pretraining on CPU; both are off by default.
+does not fit, ``micro_batch_size`` splits it and gradients accumulate. Optional soft bin targets (a Gaussian
+over neighbouring bins) and pixel-shift augmentation serve base-policy pretraining on CPU; both are off by
+default.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from tqdm.auto import tqdm
 from razor_robot.training.dataset import DemoDataset
 from razor_robot.training.distributed import make_accelerator, micro_batches, process_share
 from razor_robot.training.optim import (
-    OptimConfig, action_bins, checkpoint_schedule, finite_or_raise, prepare_training, shift_augment, soft_bin_targets,
+    OptimConfig, action_bins, checkpoint_schedule, finite_or_raise, prepare_training, shift_augment,
+    soft_bin_targets,
 )
 
 
@@ -112,14 +114,14 @@ def train_sft(
 ) -> dict[str, float]:
     """Train ``policy`` in place; ``on_checkpoint(step, fraction_of_training, model)`` runs at each checkpoint
     (``model`` is the policy as prepared by the accelerator, for gathering sharded weights). ``meter(step,
-    policy)`` (razor_robot.measure.meter) runs after every optimiser step and returns the metrics it measured, if any;
-    they are logged and shown on the progress bar.
+    policy)`` (razor_robot.measure.meter) runs after every optimiser step and returns the metrics it measured,
+    if any; they are logged and shown on the progress bar.
 
     Labels: the dataset's sampled tokens when it has them (episodes of a policy), else the demonstrator's
     actions binned with the policy's action statistics ``unnorm_key``.
 
-    With an ``accelerator`` over several processes (see razor_robot.training.distributed) every process runs this with
-    the same dataset and seed, draws the same global batches and trains on its share of each.
+    With an ``accelerator`` over several processes (see razor_robot.training.distributed) every process runs
+    this with the same dataset and seed, draws the same global batches and trains on its share of each.
     """
     if len(dataset) == 0:
         raise ValueError("empty dataset: nothing to fine-tune on")
@@ -168,7 +170,8 @@ def train_sft(
 
 
 def sft_steps(n_samples: int, config: SFTConfig) -> int:
-    """Optimiser steps of a run: ``epochs`` passes of whole batches over ``n_samples``, at most ``max_steps``."""
+    """Optimiser steps of a run: ``epochs`` passes of whole batches over ``n_samples``, at most
+    ``max_steps``."""
     steps_per_epoch = max(1, n_samples // config.optim.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     return total_steps if config.max_steps is None else min(total_steps, config.max_steps)

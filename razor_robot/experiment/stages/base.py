@@ -61,13 +61,15 @@ class RunInputs:
     datasets: dict[str, str]
     """Method -> dataset directory of the SFT-type methods (sft, oracle-sft, distill-sft)."""
     missing: dict[str, str] = field(default_factory=dict)
-    """Method -> why its dataset could not be made (e.g. the base policy never succeeded): its runs fail with it."""
+    """Method -> why its dataset could not be made (e.g. the base policy never succeeded): its runs fail with
+    it."""
     meter_fit: Any = None
     """razor_robot.measure.meter.ForgettingFit to forecast with (None: no forecast)."""
 
 
 def recipe(config: SweepConfig) -> dict[str, Any]:
-    """Everything that determines a pretrained base: its cache key, and the recipe on a shipped base's card."""
+    """Everything that determines a pretrained base: its cache key, and the recipe on a shipped base's
+    card."""
     return {"backend": config.backend, "env": config.env, "policy": to_dict(config.policy),
             "pretrain": to_dict(config.base.pretrain), "range": config.position_range,
             "demonstrator": {"kind": config.demos.demonstrator, "options": config.demos.demonstrator_options,
@@ -124,8 +126,8 @@ def base_checkpoint(config: SweepConfig, pool: EnvPool, *, progress: bool = True
     # The training seed also initialises the weights, so the bases of a multi-base sweep differ in both.
     policy = load_for_training(config.policy.name, dataclasses.replace(config.policy, lora=None),
                                action_dim=int(data.actions.shape[1]), seed=sft_config.seed)
-    # The gripper command (last dimension) is already in [-1, 1] and binary-like: left un-normalised, as OpenVLA
-    # does for end-effector datasets.
+    # The gripper command (last dimension) is already in [-1, 1] and binary-like: left un-normalised, as
+    # OpenVLA does for end-effector datasets.
     mask = [True] * (data.actions.shape[1] - 1) + [False]
     policy.set_norm_stats(config.unnorm_key, compute_norm_stats(data.actions, mask))
     train_sft(policy, data, sft_config, unnorm_key=config.unnorm_key, progress=progress)
@@ -157,8 +159,8 @@ def base_evaluation(config: SweepConfig, base_dir: Path, out_dir: Path, pool: En
     if all(Path(p).exists() for p in paths) and _evaluated(artifacts.eval_path) == str(base_dir):
         return artifacts
     policy = load_for_inference(str(base_dir), config)
-    scores, trajectories = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool, unnorm_key=config.unnorm_key,
-                                           adapter_factory=adapter_factory_for(config.backend),
+    scores, trajectories = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool,
+                                           unnorm_key=config.unnorm_key, adapter_factory=adapter_factory_for(config.backend),
                                            keep_new_task_images=True, keep_prior_images=predictors.enabled,
                                            progress=progress)
     new_task = [t for t in trajectories if t.task == config.eval.new_task]
@@ -196,8 +198,9 @@ def _evaluated(eval_path: str) -> str | None:
 
 def ship_base(config: SweepConfig, base_dir: Path, scores: dict[str, Any], name: str,
               root: Path | None = None) -> Path:
-    """Copy a pretrained base into the package's shipped bases (``root``: razor_robot.policies.builtin's folder)
-    with its card: recipe and hash, evaluation with counts and intervals, the build machine, file hashes."""
+    """Copy a pretrained base into the package's shipped bases (``root``: razor_robot.policies.builtin's
+    folder) with its card: recipe and hash, evaluation with counts and intervals, the build machine, file
+    hashes."""
     import platform
 
     import torch

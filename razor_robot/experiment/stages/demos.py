@@ -36,11 +36,11 @@ def as_policy_labels(trajectories: list[Any], backend: str) -> list[Any]:
     """Demonstrations in the action convention the policy is trained in.
 
     SimplerEnv's demonstrators (RT-1, the scripted expert) emit the Google robot's *relative* gripper command
-    (+1 close, -1 open, 0 hold), while OpenVLA was trained on the fractal data with an *absolute* gripper (1 open,
-    0 closed) and its adapter reads the policy's gripper that way; the stored labels are converted with
-    openvla's own rel -> abs rule (razor_robot.policies.adapters.env_actions_to_openvla_labels) so that
-    labels -> tokens -> adapter reproduce the demonstrator's env actions. Meta-World demonstrations are already
-    in the policy's convention.
+    (+1 close, -1 open, 0 hold), while OpenVLA was trained on the fractal data with an *absolute* gripper (1
+    open, 0 closed) and its adapter reads the policy's gripper that way; the stored labels are converted with
+    openvla's own rel -> abs rule (razor_robot.policies.adapters.env_actions_to_openvla_labels) so that labels
+    -> tokens -> adapter reproduce the demonstrator's env actions. Meta-World demonstrations are already in
+    the policy's convention.
     """
     if backend != "simpler":
         return trajectories

@@ -1,10 +1,11 @@
 """Stage: one record per saved checkpoint of a run.
 
-A record holds (razor_robot.measure.evaluation) new- and prior-task success with counts, 95% Wilson intervals and the
-per-episode outcomes (paired with the base's episodes), forgetting with its paired-bootstrap interval, the
-action-token distances to the base on the fixed new-task observations with bootstrap intervals
-(razor_robot.measure.distances), Table 1's alternative predictors on the prior-task probes (razor_robot.measure.predictors), and
-the forgetting meter's forecast at the checkpoint's KL (razor_robot.measure.meter).
+A record holds (razor_robot.measure.evaluation) new- and prior-task success with counts, 95% Wilson intervals
+and the per-episode outcomes (paired with the base's episodes), forgetting with its paired-bootstrap interval,
+the action-token distances to the base on the fixed new-task observations with bootstrap intervals
+(razor_robot.measure.distances), Table 1's alternative predictors on the prior-task probes
+(razor_robot.measure.predictors), and the forgetting meter's forecast at the checkpoint's KL
+(razor_robot.measure.meter).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from razor_robot.rollout.pool import EnvPool
 
 
 class FixedSets:
-    """The base's fixed observation sets (razor_robot.experiment.stages.base.BaseArtifacts), loaded once per run."""
+    """The base's fixed observation sets (razor_robot.experiment.stages.base.BaseArtifacts), loaded once per
+    run."""
 
     def __init__(self, base: BaseArtifacts):
         kl = np.load(base.kl_observations)
@@ -83,8 +85,9 @@ def evaluate_checkpoints(config: SweepConfig, run: RunSpec, checkpoints: list[Ch
     records = []
     for step, fraction, directory, train_seconds in checkpoints:
         policy = load_for_training(str(directory), spec).eval()
-        scores, _ = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool, unnorm_key=config.unnorm_key,
-                                    adapter_factory=adapter_factory_for(config.backend), progress=progress)
+        scores, _ = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool,
+                                    unnorm_key=config.unnorm_key, adapter_factory=adapter_factory_for(config.backend),
+                                    progress=progress)
         measured = checkpoint_measurements(config, policy, base, sets, run.seed)
         record = {"run_id": run.run_id, "method": run.method, "seed": run.seed, "step": step, "fraction": fraction,
                   "hparams": run.hparams, **scores,

@@ -1,10 +1,12 @@
-"""Stage: one fine-tuning run of a sweep, its checkpoints saved, then each evaluated (razor_robot.experiment.stages.evaluate).
+"""Stage: one fine-tuning run of a sweep, its checkpoints saved, then each evaluated
+(razor_robot.experiment.stages.evaluate).
 
-sft, oracle-sft and distill-sft train with razor_robot.training.sft on their datasets (the demonstrator's, the base's
-own successes, the best RL checkpoint's successes); rl trains with razor_robot.training.reinforce. While a run trains,
-the forgetting meter (razor_robot.measure.meter) measures the forward KL to the base and forecasts the forgetting from
-the runs the sweep finished before this one. Evaluation comes after training, on the main process only: under
-FSDP the other processes need not hold the unsharded policy, and no collective waits on a long evaluation.
+sft, oracle-sft and distill-sft train with razor_robot.training.sft on their datasets (the demonstrator's, the
+base's own successes, the best RL checkpoint's successes); rl trains with razor_robot.training.reinforce.
+While a run trains, the forgetting meter (razor_robot.measure.meter) measures the forward KL to the base and
+forecasts the forgetting from the runs the sweep finished before this one. Evaluation comes after training, on
+the main process only: under FSDP the other processes need not hold the unsharded policy, and no collective
+waits on a long evaluation.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class RunLogger:
             self._run.log({**metrics, "eval/train_step": train_step})
 
     def summary(self, metrics: dict[str, float]) -> None:
-        """Whole-run figures (e.g. REINFORCE's rollout stability): one ``{"summary": ...}`` line, wandb's summary."""
+        """Whole-run figures (e.g. REINFORCE's rollout stability): one ``{"summary": ...}`` line, wandb's
+        summary."""
         self._append({"summary": metrics})
         if self._run is not None:
             self._run.summary.update(metrics)
@@ -129,8 +132,8 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
     accelerator = accelerator or make_accelerator(config.distributed, cpu=device == "cpu")
     distributed = accelerator.num_processes > 1
     # Several processes: the main one loads the weights on the CPU, the others build the policy on the meta
-    # device and receive them (razor_robot.training.distributed.materialise_from_main); the accelerator then places (DDP)
-    # or shards (FSDP) them. One host copy of the weights per job, not one per GPU.
+    # device and receive them (razor_robot.training.distributed.materialise_from_main); the accelerator then
+    # places (DDP) or shards (FSDP) them. One host copy of the weights per job, not one per GPU.
     device = None if not distributed else "cpu" if loads_weights(accelerator) else "meta"
     policy = load_for_training(inputs.base.checkpoint, config.policy, device=device)
     materialise_from_main(accelerator, policy)
@@ -179,9 +182,9 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
 
 
 def prune_checkpoints(records: list[dict[str, Any]], method: str) -> None:
-    """Delete the weights of every checkpoint of a run but its best (``checkpoints.keep: best``); the records and
-    the checkpoints' config files stay. The report and distill-sft use only each method's best checkpoint, which
-    is the best of some run."""
+    """Delete the weights of every checkpoint of a run but its best (``checkpoints.keep: best``); the records
+    and the checkpoints' config files stay. The report and distill-sft use only each method's best checkpoint,
+    which is the best of some run."""
     from razor_robot.experiment.stages.report import best_checkpoint
 
     best = best_checkpoint(records, method)

@@ -1,5 +1,5 @@
-"""Stage: the end-of-sweep report: ``summary.txt`` opening with the verdict, the frontier and KL plots, Table 1,
-the forgetting meter's forecasts against the measurements, and rollout videos of the best checkpoints."""
+"""Stage: the end-of-sweep report: ``summary.txt`` opening with the verdict, the frontier and KL plots, Table
+1, the forgetting meter's forecasts against the measurements, and rollout videos of the best checkpoints."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from razor_robot.report.video import write_comparison_video, write_rollout_video
 
 
 def best_checkpoint(records: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
-    """Highest new-task success, then highest prior-task success (distill-sft distils RL's best by this rule)."""
+    """Highest new-task success, then highest prior-task success (distill-sft distils RL's best by this
+    rule)."""
     own = [r for r in records if r["method"] == method]
     return max(own, key=lambda r: (r["new_task"], r["prior_task"])) if own else None
 
