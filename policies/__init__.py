@@ -28,7 +28,7 @@ _LAZY = {
     "load_policy": ".loading",
     "resolve_builtin": ".builtin",
     "read_card": ".builtin",
-    "save_policy": ".loading",
+    "save_policy": ".saving",
     "make_demonstrator": ".demonstrators",
     "OpenVLAGoogleRobotAdapter": ".adapters",
     "MetaWorldActionAdapter": ".adapters",

@@ -235,7 +235,7 @@ def openvla_7b_config(**overrides: Any) -> VLAConfig:
         projector="fused-gelu-mlp",
         norm_stats={GOOGLE_ROBOT_UNNORM_KEY: copy.deepcopy(FRACTAL_NORM_STATS)},
     )
-    return _apply_overrides(cfg, overrides)
+    return apply_overrides(cfg, overrides)
 
 
 TINY_TEXT_IDS = 64
@@ -284,10 +284,10 @@ def tiny_config(**overrides: Any) -> VLAConfig:
         pad_token_id=0,
         projector="fused-gelu-mlp" if fused else "gelu-mlp",
     )
-    return _apply_overrides(cfg, overrides)
+    return apply_overrides(cfg, overrides)
 
 
-def _apply_overrides(cfg: VLAConfig, overrides: dict[str, Any]) -> VLAConfig:
+def apply_overrides(cfg: VLAConfig, overrides: dict[str, Any]) -> VLAConfig:
     known = {f.name for f in dataclasses.fields(VLAConfig)}
     unknown = set(overrides) - known
     if unknown:

@@ -28,16 +28,15 @@ from .configuration_vla import (
     LLMConfig,
     VisionTowerConfig,
     VLAConfig,
-    _apply_overrides,
+    apply_overrides,
 )
 from .modeling_vla import VLAPolicy, create_tower
 from .processing_vla import SPECIAL_TOKENS, TINY_WORDS, build_word_tokenizer
+from .saving import PROJECT_CONFIG_NAME, PROJECT_FORMAT, save_policy
 
 __all__ = ["load_policy", "save_policy", "PROJECT_CONFIG_NAME", "read_safetensors_dir"]
 
-PROJECT_CONFIG_NAME = "config.json"
 """Project checkpoints use config.json too; its "format" key tells them apart from OpenVLA's."""
-PROJECT_FORMAT = "razor-vla/1"
 
 
 def load_policy(
@@ -90,7 +89,7 @@ def _build_named(name: str, device: torch.device, dtype: torch.dtype, overrides:
         n_text = max(config.vocab_size - config.n_action_bins, -(-n_needed // 64) * 64)
         if n_text != config.vocab_size - config.n_action_bins:
             llm = dataclasses.replace(config.llm, vocab_size=n_text + config.n_action_bins)
-            config = _apply_overrides(config, {"llm": llm})
+            config = apply_overrides(config, {"llm": llm})
     tokenizer = build_word_tokenizer(words, n_text, config.n_action_bins)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
@@ -125,7 +124,7 @@ def _materialise(
     _check_keys(policy, tensors)
     target = device if device.type != "meta" else torch.device("meta")
     policy.load_state_dict({k: v.to(target, dtype) for k, v in tensors.items()}, strict=True, assign=True)
-    _rebuild_rotary(policy, target)
+    rebuild_rotary(policy, target)
     if lora is not None:  # load_state_dict(assign=True) replaces Parameters, so reset the trainable flags
         for pname, param in policy.named_parameters():
             param.requires_grad = "lora_" in pname
@@ -148,7 +147,7 @@ def _check_keys(policy: VLAPolicy, tensors: dict[str, torch.Tensor]) -> None:
         )
 
 
-def _rebuild_rotary(policy: VLAPolicy, device: torch.device) -> None:
+def rebuild_rotary(policy: VLAPolicy, device: torch.device) -> None:
     """RoPE frequencies are non-persistent buffers, absent from checkpoints: recompute them on `device`."""
     for module in policy.language_model.modules():
         for name, child in list(module.named_children()):
@@ -214,36 +213,13 @@ def _read_tokenizer(path: Path):
 
 
 # ---- project checkpoints ----
-def save_policy(
-    policy: VLAPolicy, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None
-) -> None:
-    """Write model.safetensors, config.json, tokenizer.json and norm_stats.json into `directory`.
-
-    `state_dict` replaces the policy's own weights (e.g. gathered from FSDP shards).
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = policy.config.to_dict()
-    norm_stats = config.pop("norm_stats")
-    meta = {"format": PROJECT_FORMAT, "config": config, "lora": policy.lora_config}
-    (directory / PROJECT_CONFIG_NAME).write_text(json.dumps(meta, indent=2, allow_nan=False))
-    (directory / "norm_stats.json").write_text(json.dumps(norm_stats, indent=2, allow_nan=False))
-    policy.processor.tokenizer.save(str(directory / "tokenizer.json"))
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in (state_dict or policy.state_dict()).items()},
-        str(directory / "model.safetensors"),
-    )
-
-
 def _load_project_dir(
     path: Path, meta: dict[str, Any], device: torch.device, dtype: torch.dtype, overrides: dict
 ) -> VLAPolicy:
     data = dict(meta["config"])
     stats_file = path / "norm_stats.json"
     data["norm_stats"] = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-    config = _apply_overrides(VLAConfig.from_dict(data), dict(overrides))
+    config = apply_overrides(VLAConfig.from_dict(data), dict(overrides))
     tensors = read_safetensors_dir(path, meta=device.type == "meta")
     return _materialise(config, _read_tokenizer(path), tensors, device, dtype, meta.get("lora"))
 
@@ -253,7 +229,7 @@ def _load_openvla_dir(
     path: Path, raw: dict[str, Any], device: torch.device, dtype: torch.dtype, overrides: dict
 ) -> VLAPolicy:
     tensors = read_safetensors_dir(path, meta=device.type == "meta")
-    config = _apply_overrides(_config_from_openvla(raw, _read_preprocessor(path), tensors), dict(overrides))
+    config = apply_overrides(_config_from_openvla(raw, _read_preprocessor(path), tensors), dict(overrides))
     return _materialise(config, _read_tokenizer(path), tensors, device, dtype)
 
 

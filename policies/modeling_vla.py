@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 from .action_tokenizer import ActionTokenizer, resolve_unnorm_key, unnormalize_actions
 from .configuration_vla import VisionTowerConfig, VLAConfig
 from .processing_vla import VLAProcessor
+from .saving import save_policy
 
 __all__ = ["VLAPolicy", "VisionBackbone", "Projector", "create_tower", "LayerScaleFactor"]
 GREEDY_SCOPES = ("actions", "vocabulary")
@@ -360,7 +361,7 @@ class VLAPolicy(nn.Module):
         position that predicts the first action token (the prompt's closing "▁"): (B, H).
 
         The action head maps it to the first action token's logits; the representation of Table 1's
-        activation-change predictors (razor_robot/predictors.py).
+        activation-change predictors (razor_robot/measure/predictors.py).
         """
         embeds, mask = self._prefix(images, instructions)  # (B, T0, H), (B, T0)
         hidden, _ = self._decode(embeds, mask, self.processor.pad_mask_positions(mask))  # (B, T0, H)
@@ -544,7 +545,5 @@ class VLAPolicy(nn.Module):
             self.vision_backbone.fused_featurizer.set_grad_checkpointing(True)
 
     def save_pretrained(self, directory, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Write safetensors weights, config JSON, tokenizer and norm stats (see loading.save_policy)."""
-        from .loading import save_policy
-
+        """Write safetensors weights, config JSON, tokenizer and norm stats (see saving.save_policy)."""
         save_policy(self, directory, state_dict)

@@ -1,11 +1,21 @@
-"""razor-robot: measure what fine-tuning costs a robot policy (RL's Razor on VLA policies in simulation)."""
+"""razor-robot: measure what fine-tuning costs a robot policy (RL's Razor on VLA policies in simulation).
+
+The folders are the architecture (docs/ARCHITECTURE.md); imports run downward only:
+
+    cli.py        the command line
+    experiment/   the sweep: config schema, the plan every stage reads, the stages in order
+    training/     SFT and REINFORCE, one file each, and what they share
+    measure/      evaluation, action-token distances, Table 1's predictors, the forgetting meter
+    report/       records, statistics, frontier, verdict, Table 1, summary, plots, videos
+    rollout/      episodes, the env-pool engine, the lockstep engine, Ray env workers, actors
+    io.py         the one atomic writer, strict JSON          config.py   YAML -> typed config
+    envs/, policies/ (installed as razor_robot.envs, razor_robot.policies): simulators and models
+"""
 
 import os as _os
 
-# torch's OpenMP threads spin while they wait for each other (libgomp: 300,000 spins, then sleep). When another
-# process holds one of the cores, the spinning thread steals the time its partner needs: on 2 cores, 2-thread SFT
-# of the tiny policy fell from 17.7 to 1.7 optimiser steps/s beside one busy-loop process. With 2,000 spins it
-# runs 13.2 steps/s alone and 6.8 beside the busy process (1.9x); OMP_WAIT_POLICY=PASSIVE (no spinning) costs
-# half the speed alone (9.2). Measured with scripts/bench_training.py --skip-env --busy. libgomp reads this when
-# it loads, so it applies when razor_robot is imported before torch (the CLI, the scripts, the tests).
+# torch's OpenMP threads spin while they wait for each other; beside another busy process on few cores the
+# spinning steals the time the partner thread needs (10x slower SFT on 2 cores; docs/design-notes.md). 2,000
+# spins keeps most of the speed alone. libgomp reads this when it loads, so it applies when razor_robot is
+# imported before torch (the CLI, the scripts, the tests).
 _os.environ.setdefault("GOMP_SPINCOUNT", "2000")

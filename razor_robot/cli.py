@@ -36,7 +36,7 @@ def _parse_set(items: Sequence[str]) -> list[tuple[str, Any]]:
 
 def _load_config(path: str, overrides: Sequence[str] = ()):
     from razor_robot.config import from_dict, set_dotted
-    from razor_robot.experiment import SweepConfig
+    from razor_robot.experiment.schema import SweepConfig
 
     from razor_robot.config import ConfigError
 
@@ -55,9 +55,9 @@ def _load_config(path: str, overrides: Sequence[str] = ()):
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from razor_robot.env_pool import ROLLOUT_TOTALS
-    from razor_robot.stages.report import write_report
-    from razor_robot.sweep import run_sweep
+    from razor_robot.rollout.pool import ROLLOUT_TOTALS
+    from razor_robot.experiment.stages.report import write_report
+    from razor_robot.experiment.sweep import run_sweep
 
     overrides = list(args.set) + ([f"engine={args.engine}"] if args.engine else [])
     config = _load_config(args.config, overrides)
@@ -77,8 +77,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """One run = a sweep holding only this method, with an empty grid."""
-    from razor_robot.stages.report import write_report
-    from razor_robot.sweep import run_sweep
+    from razor_robot.experiment.stages.report import write_report
+    from razor_robot.experiment.sweep import run_sweep
 
     key = args.method.replace("-", "_")
     if args.demos is not None:
@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     """Build every base of the config from its recipe (a shipped base named by base.checkpoint is rebuilt,
     not loaded), evaluate it, and with --ship copy it into the package's shipped bases with its card."""
-    from razor_robot.stages.base import base_checkpoint, base_evaluation, ship_base
+    from razor_robot.experiment.stages.base import base_checkpoint, base_evaluation, ship_base
 
     config = _load_config(args.config, args.set)
     if args.ship is not None and (not args.ship.strip() or "/" in args.ship or args.ship.startswith(".")):
@@ -124,14 +124,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from razor_robot.data import save_dataset
-    from razor_robot.stages.demos import collect_demos
+    from razor_robot.training.data import save_dataset
+    from razor_robot.experiment.stages.demos import collect_demos
     from razor_robot.policies.action_tokenizer import compute_norm_stats
 
     config = _load_config(args.config, args.set)
-    grid, _ = config.positions()
     task = args.task or config.eval.new_task
-    positions = grid if task == config.eval.new_task else None
+    positions = config.plan.grid if task == config.eval.new_task else None
     with config.env_pool() as pool:
         dataset, cached = collect_demos(config, task, positions, config.demos.episodes_per_point, config.demos.seed,
                                         pool, progress=not args.no_progress)
@@ -153,47 +152,45 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from razor_robot.evaluation import evaluate_policy, forgetting_fields
-    from razor_robot.stages.base import base_checkpoint, base_evaluation
-    from razor_robot.stages.evaluate import FixedSets, checkpoint_measurements
-    from razor_robot.stages.load import adapter_factory_for, load_for_training
+    from razor_robot.measure.evaluation import evaluate_policy, forgetting_fields
+    from razor_robot.experiment.stages.base import base_checkpoint, base_evaluation
+    from razor_robot.experiment.stages.evaluate import FixedSets, checkpoint_measurements
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_inference
 
     config = _load_config(args.config, args.set)
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    _, positions = config.positions()
-    spec = dataclasses.replace(config.inference_policy(), lora=None)
-    policy = load_for_training(args.checkpoint, spec)
+    policy = load_for_inference(args.checkpoint, config)
     with config.env_pool() as pool:
-        scores, _ = evaluate_policy(policy, positions, config.eval, pool, unnorm_key=config.unnorm_key,
-                                    adapter_factory=adapter_factory_for(config.backend),
+        scores, _ = evaluate_policy(policy, config.plan.eval_positions, config.eval, pool,
+                                    unnorm_key=config.unnorm_key, adapter_factory=adapter_factory_for(config.backend),
                                     progress=not args.no_progress)
         if not args.no_kl:  # distances, predictors and forgetting against the base (evaluated once, cached)
             out_dir = Path(args.out).parent if args.out else Path("runs") / config.name
             base_dir = base_checkpoint(config, pool, progress=not args.no_progress)
             base = base_evaluation(config, base_dir, out_dir, pool, progress=not args.no_progress)
             scores.update(forgetting_fields(base.scores()["episodes"], scores["episodes"], config.eval.prior_tasks))
-            scores.update(checkpoint_measurements(config, policy, load_for_training(str(base_dir), spec).eval(),
-                                                  FixedSets(base), seed=0))
-    from razor_robot.records import dumps_strict
+            base_policy = load_for_inference(str(base_dir), config).eval()
+            scores.update(checkpoint_measurements(config, policy, base_policy, FixedSets(base), seed=0))
+    from razor_robot.io import dumps_strict
 
     text = dumps_strict(scores, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-    print(f"evaluation: {config.eval.plan()[2]}")
+    print(f"evaluation: {config.plan.counts.note}")
     print(dumps_strict({k: v for k, v in scores.items() if k not in ("per_position", "episodes")}, indent=2))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from razor_robot.plan import PlanAssumptions, plan_text
+    from razor_robot.experiment.cost import PlanAssumptions, plan_text
 
     assume = PlanAssumptions(tflops=args.tflops, processes=args.gpus, demonstrator_success=args.demonstrator_success)
     print(plan_text(_load_config(args.config, args.set), assume))
 
 
 def cmd_frontier(args: argparse.Namespace) -> None:
-    from razor_robot.summary import frontier_report
+    from razor_robot.report.summary import frontier_report
 
     if not Path(args.results).exists():
         raise FileNotFoundError(f"results file not found: {args.results}")
@@ -203,9 +200,10 @@ def cmd_frontier(args: argparse.Namespace) -> None:
 
 
 def cmd_video(args: argparse.Namespace) -> None:
-    from razor_robot.envs import eval_positions, position_ranges, require_backend, task_spec
-    from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, rollout
-    from razor_robot.video import write_rollout_video
+    from razor_robot.envs import require_backend, task_spec
+    from razor_robot.rollout.demonstrator import DemonstratorPolicy
+    from razor_robot.rollout.pool import rollout
+    from razor_robot.report.video import write_rollout_video
 
     task_spec(args.task, args.backend)  # one-line error on an unknown task/backend
     require_backend(args.backend)
@@ -230,22 +228,10 @@ def cmd_video(args: argparse.Namespace) -> None:
     else:
         if not Path(args.policy).exists():
             raise FileNotFoundError(f"--policy: checkpoint not found: {args.policy} (or use 'scripted')")
-        from razor_robot.acting import VLAActor
-        from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec
-        from razor_robot.stages.load import adapter_factory_for, load_for_training
-
-        unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
-        policy = VLAActor(load_for_training(args.policy, PolicySpec()), unnorm_key=unnorm_key,
-                          temperature=args.temperature, seed=args.seed,
-                          adapter_factory=adapter_factory_for(args.backend))
-    with_positions = args.task == "pick-can"
-    if with_positions:
-        x_range, y_range = position_ranges(args.backend)
-        xy = eval_positions(args.episodes, seed=args.seed, x_range=x_range, y_range=y_range, backend=args.backend)
-    requests = [EpisodeRequest(args.task, args.seed + i, tuple(map(float, xy[i])) if with_positions else None)
-                for i in range(args.episodes)]
-    trajectories = rollout(requests, policy, backend=args.backend, env_options=_video_env_options(args),
-                           num_workers=args.workers, progress=not args.no_progress)
+        policy = _checkpoint_actor(args, args.policy)
+    trajectories = rollout(_video_requests(args), policy, backend=args.backend,
+                           env_options=_video_env_options(args), num_workers=args.workers,
+                           progress=not args.no_progress)
     path = write_rollout_video(trajectories, args.out, fps=args.fps, tile_size=args.tile)
     successes = sum(t.success for t in trajectories)
     print(f"{path}: {len(trajectories)} episodes of {args.task}, {successes} successful")
@@ -255,9 +241,21 @@ def _video_env_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"image_size": args.image_size, **({"viewer_size": args.camera_size} if args.camera_size else {})}
 
 
+def _checkpoint_actor(args: argparse.Namespace, checkpoint: str) -> Any:
+    """A checkpoint as the video's BatchPolicy, with the backend's action statistics unless --unnorm-key."""
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+    from razor_robot.experiment.plan import default_unnorm_key
+    from razor_robot.experiment.schema import PolicySpec
+    from razor_robot.rollout.actor import VLAActor
+
+    return VLAActor(load_for_training(checkpoint, PolicySpec()),
+                    unnorm_key=args.unnorm_key or default_unnorm_key(args.backend),
+                    temperature=args.temperature, seed=args.seed, adapter_factory=adapter_factory_for(args.backend))
+
+
 def _video_requests(args: argparse.Namespace) -> list[Any]:
     from razor_robot.envs import eval_positions, position_ranges
-    from razor_robot.rollout import EpisodeRequest
+    from razor_robot.rollout.episodes import EpisodeRequest
 
     xy = None
     if args.task == "pick-can":
@@ -269,21 +267,15 @@ def _video_requests(args: argparse.Namespace) -> list[Any]:
 
 def _comparison_video(args: argparse.Namespace) -> None:
     """Checkpoints side by side on the same episodes, each captioned with its success on them (count, 95% CI)."""
-    from razor_robot.acting import VLAActor
-    from razor_robot.env_pool import EnvPool
-    from razor_robot.experiment import EMBEDDED_UNNORM_KEY, PolicySpec
-    from razor_robot.stages.load import adapter_factory_for, load_for_training
-    from razor_robot.stats import wilson_interval
-    from razor_robot.video import write_comparison_video
+    from razor_robot.report.stats import wilson_interval
+    from razor_robot.report.video import write_comparison_video
+    from razor_robot.rollout.pool import EnvPool
 
-    unnorm_key = args.unnorm_key or ("fractal20220817_data" if args.backend == "simpler" else EMBEDDED_UNNORM_KEY)
     requests = _video_requests(args)
     columns = []
     with EnvPool(args.backend, _video_env_options(args), num_workers=args.workers) as pool:
         for checkpoint in args.checkpoint:
-            actor = VLAActor(load_for_training(checkpoint, PolicySpec()), unnorm_key=unnorm_key,
-                             temperature=args.temperature, seed=args.seed,
-                             adapter_factory=adapter_factory_for(args.backend))
+            actor = _checkpoint_actor(args, checkpoint)
             trajectories = pool.rollout(requests, actor, progress=not args.no_progress)
             k, n = sum(t.success for t in trajectories), len(trajectories)
             lo, hi = wilson_interval(k, n)
@@ -296,6 +288,27 @@ def _comparison_video(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+
+
+def add_video_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``video`` command's options."""
+    p.add_argument("--task", required=True, help="pick-can, open-drawer or close-drawer")
+    p.add_argument("--policy", default="scripted", help="'scripted' (expert) or a checkpoint directory")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="repeat for a side-by-side video of checkpoints on the same episodes (replaces --policy)")
+    p.add_argument("--camera-size", type=int, default=256,
+                   help="Meta-World: the video's own camera at this size (the policy's input is unchanged); "
+                   "0 shows the policy's frames")
+    p.add_argument("--backend", default="metaworld", help="metaworld (default) or simpler")
+    p.add_argument("--episodes", type=int, default=4, help="episodes in the mosaic")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--image-size", type=int, default=64, help="the policy's camera size in pixels (its input)")
+    p.add_argument("--tile", type=int, default=256, help="tile size of each episode in the video")
+    p.add_argument("--fps", type=int, default=10, help="frames per second")
+    p.add_argument("--seed", type=int, default=0, help="episode seed (and eval-position seed)")
+    p.add_argument("--workers", type=int, default=2, help="parallel env workers")
+    p.add_argument("--temperature", type=float, default=0.0, help="decoding temperature for checkpoints")
+    p.add_argument("--unnorm-key", help="action statistics key of a checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,24 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="multiply scores (100 if they are fractions)")
     p.add_argument("--tolerance", type=float, default=2.0, help="points from the frontier to keep (default 2)")
 
-    p = add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.", cmd_video, config=False)
-    p.add_argument("--task", required=True, help="pick-can, open-drawer or close-drawer")
-    p.add_argument("--policy", default="scripted", help="'scripted' (expert) or a checkpoint directory")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
-                   help="repeat for a side-by-side video of checkpoints on the same episodes (replaces --policy)")
-    p.add_argument("--camera-size", type=int, default=256,
-                   help="Meta-World: the video's own camera at this size (the policy's input is unchanged); "
-                   "0 shows the policy's frames")
-    p.add_argument("--backend", default="metaworld", help="metaworld (default) or simpler")
-    p.add_argument("--episodes", type=int, default=4, help="episodes in the mosaic")
-    p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--image-size", type=int, default=64, help="the policy's camera size in pixels (its input)")
-    p.add_argument("--tile", type=int, default=256, help="tile size of each episode in the video")
-    p.add_argument("--fps", type=int, default=10, help="frames per second")
-    p.add_argument("--seed", type=int, default=0, help="episode seed (and eval-position seed)")
-    p.add_argument("--workers", type=int, default=2, help="parallel env workers")
-    p.add_argument("--temperature", type=float, default=0.0, help="decoding temperature for checkpoints")
-    p.add_argument("--unnorm-key", help="action statistics key of a checkpoint")
+    add_video_arguments(add("video", "Roll out a policy and write an annotated MP4 mosaic of the episodes.",
+                            cmd_video, config=False))
     return parser
 
 

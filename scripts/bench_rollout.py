@@ -129,12 +129,13 @@ def main() -> None:
     config = parse_args()
     import torch
 
-    from razor_robot.acting import VLAActor
-    from razor_robot.env_pool import EnvPool, usable_cpus
+    from razor_robot.rollout.actor import VLAActor
+    from razor_robot.rollout.pool import EnvPool, usable_cpus
     from razor_robot.envs import eval_positions
     from razor_robot.policies import load_policy
     from razor_robot.policies.action_tokenizer import compute_norm_stats
-    from razor_robot.rollout import EpisodeRequest, default_env_factory, lockstep_rollout, make_vector_env
+    from razor_robot.rollout.episodes import EpisodeRequest
+    from razor_robot.rollout.lockstep import default_env_factory, lockstep_rollout, make_vector_env
 
     cpus = usable_cpus()
     workers = config.workers or cpus

@@ -111,7 +111,7 @@ def main() -> None:
 def _image_size(config_path: str) -> int | None:
     """The config's camera resolution on Meta-World; None for other backends (the raw rate is Meta-World's)."""
     from razor_robot.config import load_yaml
-    from razor_robot.experiment import SweepConfig
+    from razor_robot.experiment.schema import SweepConfig
 
     config = load_yaml(SweepConfig, config_path)
     return int(config.env.get("image_size", 64)) if config.backend == "metaworld" else None
@@ -121,7 +121,7 @@ def _time_split(total: float, env_steps: int, rollout_seconds: float, image_size
     """Where the wall-clock went: rollouts against the simulation bound measured now, and everything else."""
     from bench_rollout import BenchConfig, raw_rate
 
-    from razor_robot.env_pool import usable_cpus
+    from razor_robot.rollout.pool import usable_cpus
 
     cpus = usable_cpus()
     rate = raw_rate(BenchConfig(image_size=image_size, raw_steps=raw_steps))

@@ -111,9 +111,9 @@ def bench_sft_beside_busy_process(cfg: BenchConfig) -> None:
 
 def bench_sft(cfg: BenchConfig, recipe: bool = False) -> float:
     """Optimiser steps/s of plain SFT at ``cfg.sft_batch``, or of the base's pretraining recipe (``recipe``)."""
-    from razor_robot.data import DemoDataset
-    from razor_robot.sft import SFTConfig, train_sft
-    from razor_robot.training import OptimConfig
+    from razor_robot.training.dataset import DemoDataset
+    from razor_robot.training.sft import SFTConfig, train_sft
+    from razor_robot.training.optim import OptimConfig
 
     policy = tiny_policy(cfg)
     batch = 64 if recipe else cfg.sft_batch
@@ -142,8 +142,8 @@ def bench_sft(cfg: BenchConfig, recipe: bool = False) -> float:
 
 
 def bench_rl_update(cfg: BenchConfig) -> None:
-    from razor_robot.reinforce import RLConfig, StepBatch, minibatch_loss
-    from razor_robot.training import OptimConfig, make_optimizer
+    from razor_robot.training.reinforce import RLConfig, StepBatch, minibatch_loss
+    from razor_robot.training.optim import OptimConfig, make_optimizer
 
     policy = tiny_policy(cfg)
     rng = np.random.default_rng(0)
@@ -173,12 +173,12 @@ def bench_rl_update(cfg: BenchConfig) -> None:
 
 
 def bench_rl_iteration(cfg: BenchConfig) -> None:
-    import razor_robot.reinforce as reinforce
-    from razor_robot.env_pool import EnvPool
+    import razor_robot.training.reinforce as reinforce
+    from razor_robot.rollout.pool import EnvPool
     from razor_robot.envs import grid_positions, task_spec
-    from razor_robot.reinforce import RLConfig, train_reinforce
-    from razor_robot.stages.load import adapter_factory_for
-    from razor_robot.training import OptimConfig
+    from razor_robot.training.reinforce import RLConfig, train_reinforce
+    from razor_robot.experiment.loading import adapter_factory_for
+    from razor_robot.training.optim import OptimConfig
 
     side = int(round(np.sqrt(cfg.points)))
     positions = grid_positions(side)

@@ -32,7 +32,7 @@ def main() -> int:
     if not Path(args.config).is_file():
         parser.error(f"config file not found: {args.config}")
     from razor_robot.cli import main as cli
-    from razor_robot.records import completed_records
+    from razor_robot.report.records import completed_records
 
     rows = {}
     for dtype in MASTER_DTYPES:

@@ -33,18 +33,18 @@ def main() -> None:
     from razor_robot.cli import _load_config
     from razor_robot.envs import eval_positions, position_ranges
     from razor_robot.policies.action_tokenizer import compute_norm_stats
-    from razor_robot.sft import SFTConfig, train_sft
-    from razor_robot.stages.demos import collect_demos
-    from razor_robot.stages.load import adapter_factory_for, load_for_training
-    from razor_robot.evaluation import evaluate_policy
+    from razor_robot.training.sft import SFTConfig, train_sft
+    from razor_robot.experiment.stages.demos import collect_demos
+    from razor_robot.experiment.loading import adapter_factory_for, load_for_training
+    from razor_robot.measure.evaluation import evaluate_policy
     from razor_robot.config import from_dict
-    from razor_robot.stats import rate_summary
+    from razor_robot.report.stats import rate_summary
 
     config = _load_config(args.config, args.set)
     x_range, y_range = position_ranges(config.backend, config.position_range)
     points = eval_positions(args.demos, seed=args.seed, x_range=x_range, y_range=y_range, backend=config.backend)
     eval_cfg = dataclasses.replace(config.eval, prior_tasks=())
-    _, positions = config.positions()
+    positions = config.plan.eval_positions
     with config.env_pool() as pool:
         start = time.perf_counter()
         data, _ = collect_demos(config, config.eval.new_task, points, 1, args.seed, pool)

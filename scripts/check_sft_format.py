@@ -25,7 +25,9 @@ import torch
 
 
 def old_data_module(rev: str):
-    """razor_robot/data.py as it was at ``rev`` (its imports, razor_robot.rollout, are unchanged)."""
+    """razor_robot/data.py as it was at ``rev`` (a revision before the house of issue 20, when the module
+    lived there; its imports, razor_robot.rollout's episode types, are still exported by
+    razor_robot.rollout)."""
     source = subprocess.run(["git", "show", f"{rev}:razor_robot/data.py"], check=True, capture_output=True,
                             text=True, cwd=Path(__file__).resolve().parents[1]).stdout
     path = Path(tempfile.mkdtemp()) / "old_data.py"
@@ -52,13 +54,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="SFT optimiser steps")
     args = parser.parse_args()
 
-    from razor_robot.data import CollectionPlan, collect, load_dataset, save_dataset, trajectories_to_dataset
+    from razor_robot.training.data import CollectionPlan, collect, load_dataset, save_dataset, trajectories_to_dataset
     from razor_robot.envs import grid_positions
     from razor_robot.policies import load_policy, make_demonstrator
     from razor_robot.policies.action_tokenizer import compute_norm_stats
-    from razor_robot.rollout import DemonstratorPolicy
-    from razor_robot.sft import SFTConfig, train_sft
-    from razor_robot.training import OptimConfig
+    from razor_robot.rollout.demonstrator import DemonstratorPolicy
+    from razor_robot.training.sft import SFTConfig, train_sft
+    from razor_robot.training.optim import OptimConfig
 
     torch.set_num_threads(1)
     plan = CollectionPlan("pick-can", 1, grid_positions(args.grid), seed=0)

@@ -33,7 +33,7 @@ def main() -> None:
     from razor_robot.policies.action_tokenizer import (ActionTokenizer, compute_norm_stats, normalize_actions,
                                                        unnormalize_actions)
     from razor_robot.policies.demonstrators import make_demonstrator
-    from razor_robot.stats import rate_summary
+    from razor_robot.report.stats import rate_summary
 
     env = make_env("pick-can", "metaworld", image_size=64)
     positions = eval_positions(args.episodes, seed=0)

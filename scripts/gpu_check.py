@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def synthetic_dataset(n: int, action_dim: int, image_size: int, seed: int = 0):
     import numpy as np
 
-    from razor_robot.data import DemoDataset
+    from razor_robot.training.dataset import DemoDataset
 
     rng = np.random.default_rng(seed)
     return DemoDataset(images=rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
@@ -45,8 +45,8 @@ def reinforce_step(policy, images, accelerator, optimizer) -> float:
     import numpy as np
     import torch
 
-    from razor_robot.reinforce import RLConfig, StepBatch, minibatch_loss
-    from razor_robot.training import OptimConfig
+    from razor_robot.training.reinforce import RLConfig, StepBatch, minibatch_loss
+    from razor_robot.training.optim import OptimConfig
 
     tokens = policy.sample_actions(images, ["pick coke can"] * len(images), temperature=1.0,
                                    generator=torch.Generator(device=policy.device).manual_seed(0))
@@ -67,11 +67,11 @@ def smoke(device: str) -> list[str]:
     """Part 1: the tiny policy through the learner's code on ``device``."""
     import torch
 
-    from razor_robot.distributed import make_accelerator
+    from razor_robot.training.distributed import make_accelerator
     from razor_robot.policies import load_policy
     from razor_robot.policies.action_tokenizer import compute_norm_stats
-    from razor_robot.sft import SFTConfig, train_sft
-    from razor_robot.training import OptimConfig
+    from razor_robot.training.sft import SFTConfig, train_sft
+    from razor_robot.training.optim import OptimConfig
 
     policy = load_policy("tiny", action_dim=7, device=device, dtype=torch.float32)
     data = synthetic_dataset(64, 7, 64)
@@ -98,13 +98,13 @@ def paper_architecture(config_path: str, arch: str, device: str, batch: int) -> 
     import torch
 
     from razor_robot.cli import _load_config
-    from razor_robot.distributed import DistributedSpec, make_accelerator
-    from razor_robot.plan import PlanAssumptions, _gib, memory_estimate, policy_shape
+    from razor_robot.training.distributed import DistributedSpec, make_accelerator
+    from razor_robot.experiment.cost import PlanAssumptions, _gib, memory_estimate, policy_shape
     from razor_robot.policies import load_policy
     from razor_robot.policies.action_tokenizer import compute_norm_stats
-    from razor_robot.sft import SFTConfig, train_sft
-    from razor_robot.stages.load import resolve_device
-    from razor_robot.training import OptimConfig
+    from razor_robot.training.sft import SFTConfig, train_sft
+    from razor_robot.experiment.loading import resolve_device
+    from razor_robot.training.optim import OptimConfig
 
     config = _load_config(config_path, [f"policy.name={arch}", f"policy.device={device}",
                                         "distributed.strategy=none", "base.checkpoint=null"])

@@ -30,7 +30,7 @@ def main() -> None:
     if args.last < 1:
         parser.error("--last must be >= 1")
 
-    from razor_robot.stats import rate_summary
+    from razor_robot.report.stats import rate_summary
 
     configs = {}  # run_id -> first record (the run's checkpoints share it)
     for line in results.read_text().splitlines():

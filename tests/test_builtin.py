@@ -33,7 +33,7 @@ def test_some_config_names_a_shipped_base():
 
 @pytest.mark.parametrize("name, label, single", _named_bases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_card_hash_equals_the_recipe_hash(name, label, single):
-    from razor_robot.stages.base import recipe, recipe_hash
+    from razor_robot.experiment.stages.base import recipe, recipe_hash
 
     card = builtin.read_card(single.base.checkpoint)
     assert card["recipe_hash"] == recipe_hash(single), f"{name} {label}: rebuild with razor-robot pretrain --ship"
@@ -83,7 +83,7 @@ def test_corrupt_missing_and_unknown_files_are_one_line_errors(tmp_path, monkeyp
 
 def test_ship_base_writes_a_card_with_the_recipe_and_file_hashes(tmp_path):
     from razor_robot.policies import load_policy
-    from razor_robot.stages.base import recipe_hash, ship_base
+    from razor_robot.experiment.stages.base import recipe_hash, ship_base
 
     config = _load_config(str(Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"))
     source = tmp_path / "built"
@@ -102,7 +102,7 @@ def test_ship_base_writes_a_card_with_the_recipe_and_file_hashes(tmp_path):
 
 def test_pretrain_rejects_a_bad_ship_name_before_any_work(capsys, monkeypatch):
     from razor_robot import cli
-    from razor_robot.stages import base
+    from razor_robot.experiment.stages import base
 
     def no_work(*args, **kwargs):
         raise AssertionError("pretraining started before the name was checked")

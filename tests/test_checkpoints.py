@@ -3,7 +3,7 @@
 import pytest
 
 from razor_robot.config import from_dict
-from razor_robot.experiment import SweepConfig
+from razor_robot.experiment.schema import SweepConfig
 
 
 def test_checkpoint_dtype_follows_what_evaluation_loads():
@@ -20,8 +20,8 @@ def test_bf16_checkpoints_and_keep_best(tmp_path):
     from safetensors import safe_open
 
     from razor_robot.cli import main
-    from razor_robot.records import completed_records
-    from razor_robot.stages.report import best_checkpoint
+    from razor_robot.report.records import completed_records
+    from razor_robot.experiment.stages.report import best_checkpoint
     from test_sweep import write_config
 
     config = write_config(tmp_path, tmp_path / "cache", predictors={"enabled": False},

@@ -2,7 +2,7 @@
 
 import pytest
 
-import razor_robot.stages.report  # noqa: F401  (bind the real rollout before no_work patches it)
+import razor_robot.experiment.stages.report  # noqa: F401  (bind the real rollout before no_work patches it)
 from razor_robot import cli
 
 CONFIG = """\
@@ -29,9 +29,9 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the input was validated")
 
-    monkeypatch.setattr("razor_robot.env_pool.EnvPool.start", refuse)  # workers start with the first rollout
-    monkeypatch.setattr("razor_robot.env_pool.EnvPool.rollout", refuse)
-    monkeypatch.setattr("razor_robot.rollout.rollout", refuse)
+    monkeypatch.setattr("razor_robot.rollout.pool.EnvPool.start", refuse)  # workers start with the first rollout
+    monkeypatch.setattr("razor_robot.rollout.pool.EnvPool.rollout", refuse)
+    monkeypatch.setattr("razor_robot.rollout.pool.rollout", refuse)
 
 
 def _fails(capsys, argv, *fragments):

@@ -3,9 +3,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from razor_robot.config import ConfigError, config_hash, from_dict, set_dotted
-from razor_robot.experiment import SweepConfig, expand_runs
-from razor_robot.reinforce import RLConfig
-from razor_robot.sft import SFTConfig
+from razor_robot.experiment.schema import SweepConfig, expand_runs
+from razor_robot.training.reinforce import RLConfig
+from razor_robot.training.sft import SFTConfig
 
 
 @dataclass

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from fake_envs import make_reach_env
-from razor_robot.data import (
+from razor_robot.training.data import (
     CollectionPlan, DemoDataset, collect, episodes_per_task, load_dataset, save_dataset,
     trajectories_to_dataset,
 )
-from razor_robot.env_pool import EnvPool
-from razor_robot.rollout import DemonstratorPolicy, Trajectory
+from razor_robot.rollout.pool import EnvPool
+from razor_robot.rollout.demonstrator import DemonstratorPolicy
+from razor_robot.rollout.episodes import Trajectory
 
 
 def _dataset(n_steps=(3, 2), task="pick-can", seed=0) -> DemoDataset:
@@ -93,7 +94,7 @@ def test_lerobot_v3_layout_as_lerobot_defines_it(tmp_path):
 def test_data_files_split_between_episodes_at_the_size_limit(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    import razor_robot.lerobot_format as lf
+    import razor_robot.training.lerobot_format as lf
 
     monkeypatch.setattr(lf, "DATA_FILES_SIZE_IN_MB", 1e-9)  # every episode passes it: one file each
     dataset = _dataset((2, 2, 1))

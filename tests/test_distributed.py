@@ -30,7 +30,7 @@ def _policy():
 
 
 def _dataset(n=24):
-    from razor_robot.data import DemoDataset
+    from razor_robot.training.dataset import DemoDataset
 
     rng = np.random.default_rng(1)
     return DemoDataset(
@@ -40,15 +40,15 @@ def _dataset(n=24):
 
 
 def _sft_config(batch_size, micro):
-    from razor_robot.sft import SFTConfig
-    from razor_robot.training import OptimConfig
+    from razor_robot.training.sft import SFTConfig
+    from razor_robot.training.optim import OptimConfig
 
     return SFTConfig(OptimConfig(learning_rate=1e-3, batch_size=batch_size, micro_batch_size=micro,
                                  warmup_steps=1), max_steps=3, shift_augment_px=2, seed=3)
 
 
 def _train_sft_logged(policy, config, accelerator=None):
-    from razor_robot.sft import train_sft
+    from razor_robot.training.sft import train_sft
 
     logs = []
     train_sft(policy, _dataset(), config, unnorm_key="fake", progress=False, accelerator=accelerator,
@@ -64,10 +64,10 @@ def _worker(out: Path) -> None:
     import torch
 
     from fake_envs import make_reach_env
-    from razor_robot.distributed import DistributedSpec, make_accelerator
-    from razor_robot.reinforce import RLConfig, train_reinforce
-    from razor_robot.env_pool import EnvPool
-    from razor_robot.training import OptimConfig
+    from razor_robot.training.distributed import DistributedSpec, make_accelerator
+    from razor_robot.training.reinforce import RLConfig, train_reinforce
+    from razor_robot.rollout.pool import EnvPool
+    from razor_robot.training.optim import OptimConfig
 
     torch.set_num_threads(1)
     accelerator = make_accelerator(DistributedSpec(strategy="ddp"), cpu=True)
@@ -131,7 +131,7 @@ def test_fsdp_settings_are_accepted_by_accelerate_and_wrap_the_policy_blocks():
 
     from accelerate import FullyShardedDataParallelPlugin
 
-    from razor_robot.distributed import DistributedSpec, fsdp_plugin_kwargs
+    from razor_robot.training.distributed import DistributedSpec, fsdp_plugin_kwargs
 
     kwargs = fsdp_plugin_kwargs(DistributedSpec(strategy="fsdp"))
     fields = {f.name for f in dataclasses.fields(FullyShardedDataParallelPlugin)}
@@ -180,7 +180,7 @@ def test_fsdp_rollout_copy_is_built_empty_with_fp32_rope_and_no_weight_copy(monk
     import torch
     from accelerate.utils import DistributedType
 
-    from razor_robot.distributed import RolloutCopy
+    from razor_robot.training.distributed import RolloutCopy
     from razor_robot.policies import load_policy
     from razor_robot.policies.modeling_vla import VLAPolicy
 
@@ -228,7 +228,7 @@ def test_a_meta_load_reads_no_weights(tmp_path, monkeypatch):
 
 def test_distributed_config_errors_are_one_line():
     from razor_robot.config import ConfigError, from_dict
-    from razor_robot.experiment import SweepConfig
+    from razor_robot.experiment.schema import SweepConfig
 
     with pytest.raises(ConfigError, match="strategy must be one of none, ddp, fsdp, got 'zero3'"):
         from_dict(SweepConfig, {"distributed": {"strategy": "zero3"}}, "cfg")
@@ -239,7 +239,7 @@ def test_distributed_config_errors_are_one_line():
 
 
 def test_one_process_accelerator_leaves_the_policy_unwrapped():
-    from razor_robot.distributed import DistributedSpec, make_accelerator
+    from razor_robot.training.distributed import DistributedSpec, make_accelerator
 
     accelerator = make_accelerator(DistributedSpec(), cpu=True)
     policy = _policy()

@@ -43,11 +43,11 @@ CONFIG = {
 def _worker(out: Path) -> None:
     import torch
 
-    import razor_robot.stages.evaluate as evaluate_stage
-    import razor_robot.stages.finetune as finetune_stage
-    import razor_robot.sweep as sweep_module
+    import razor_robot.experiment.stages.evaluate as evaluate_stage
+    import razor_robot.experiment.stages.finetune as finetune_stage
+    import razor_robot.experiment.sweep as sweep_module
     from razor_robot.config import from_dict
-    from razor_robot.experiment import SweepConfig
+    from razor_robot.experiment.schema import SweepConfig
 
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])

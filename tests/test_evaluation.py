@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fake_envs import make_reach_env
-from razor_robot.evaluation import (
+from razor_robot.measure.evaluation import (
     EvalConfig, episodes_for_half_width, forgetting_fields, rate_fields, scores_from_episodes, worst_half_width,
 )
 
@@ -62,9 +62,9 @@ def test_episodes_sized_by_target_half_width_and_capped():
 def test_oracle_rejection_sampler_keeps_only_successes_counts_attempts_and_stores_tokens():
     import torch
 
-    from razor_robot.acting import VLAActor
-    from razor_robot.data import CollectionPlan, collect, trajectories_to_dataset
-    from razor_robot.env_pool import EnvPool
+    from razor_robot.rollout.actor import VLAActor
+    from razor_robot.training.data import CollectionPlan, collect, trajectories_to_dataset
+    from razor_robot.rollout.pool import EnvPool
     from razor_robot.policies import compute_norm_stats, load_policy
 
     torch.manual_seed(0)
@@ -92,8 +92,8 @@ def test_oracle_rejection_sampler_keeps_only_successes_counts_attempts_and_store
 
 
 def test_policy_demo_line_reports_successes_attempts_and_the_wilson_interval():
-    from razor_robot.data import DemoDataset
-    from razor_robot.sweep import _demo_line
+    from razor_robot.training.dataset import DemoDataset
+    from razor_robot.experiment.sweep import _demo_line
 
     n = 6  # 3 kept episodes of 2 steps each, in 12 attempts over 2 grid points
     dataset = DemoDataset(np.zeros((n, 4, 4, 3), np.uint8), np.zeros((n, 2), np.float32),

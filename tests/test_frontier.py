@@ -1,4 +1,4 @@
-"""Hand-computed tests of the Pareto-frontier tools (razor_robot.frontier); no torch, no simulator."""
+"""Hand-computed tests of the Pareto-frontier tools (razor_robot.report.frontier); no torch, no simulator."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from razor_robot import frontier as fr
-from razor_robot import summary as rs
-from razor_robot import table1 as t1
-from razor_robot import verdict as vd
+from razor_robot.report import frontier as fr
+from razor_robot.report import plots
+from razor_robot.report import summary as rs
+from razor_robot.report import table1 as t1
+from razor_robot.report import verdict as vd
 
 pytestmark = pytest.mark.core
 
@@ -265,8 +266,8 @@ def test_plots_written_atomically(tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("scipy")
     records = _realistic_records()
-    png = rs.plot_frontier(records, tmp_path / "sub" / "frontier.png")
-    kl_png = rs.plot_kl_forgetting(records, tmp_path / "kl_forgetting.png")
+    png = plots.plot_frontier(records, tmp_path / "sub" / "frontier.png")
+    kl_png = plots.plot_kl_forgetting(records, tmp_path / "kl_forgetting.png")
     for path in (png, kl_png):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["frontier.png", "kl_forgetting.png"]
@@ -277,8 +278,8 @@ def test_frontier_legend_names_a_method_with_no_point_near_the_frontier(tmp_path
     pytest.importorskip("scipy")
     records = _realistic_records() + [_rec("far", 30.0, 10.0, 1.0), _rec("far", 40.0, 5.0, 2.0)]
     figures = []
-    monkeypatch.setattr(rs, "_save_atomic", lambda fig, path: figures.append(fig) or Path(path))
-    rs.plot_frontier(records, tmp_path / "frontier.png", band_resamples=0)
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig) or Path(path))
+    plots.plot_frontier(records, tmp_path / "frontier.png", band_resamples=0)
     labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
     assert labels.count("far") == 1 and labels.count("sft") == 1 and labels.count("reinforce") == 1
 
@@ -313,8 +314,8 @@ def test_load_records_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Records as razor_robot.evaluation writes them (coord INTERFACES): rates, n, successes, Wilson CIs and the
-# per-episode outcomes, paired across checkpoints
+# Records as razor_robot.measure.evaluation writes them (coord INTERFACES): rates, n, successes, Wilson CIs
+# and the per-episode outcomes, paired across checkpoints
 # --------------------------------------------------------------------------------------------------------
 PRIOR = ("open-drawer", "close-drawer")
 
@@ -328,7 +329,7 @@ def _outcomes(successes, n, seed):
 
 def _episode_record(method, new, open_, close, *, seed, base=None, kl=None, scale=1, **extra):
     """A results.jsonl record; new/open_/close are (successes, n), multiplied by `scale`."""
-    from razor_robot import stats
+    from razor_robot.report import stats
 
     new, open_, close = [(k * scale, n * scale) for k, n in (new, open_, close)]
     episodes = {"pick-can": _outcomes(*new, seed), "open-drawer": _outcomes(*open_, seed + 1),
@@ -414,7 +415,7 @@ def test_resample_scores_reuses_episode_indices_across_checkpoints():
     assert reps.new_task.shape == (64, 7) and reps.resampling == "paired episodes"
     # the draws: per task in order of first appearance (pick-can, open-drawer, close-drawer), one set each
     rng = np.random.default_rng(3)
-    from razor_robot.stats import resample_counts
+    from razor_robot.report.stats import resample_counts
 
     counts = {task: resample_counts(n, 64, rng) for task, n in [("pick-can", 30), ("open-drawer", 15),
                                                                 ("close-drawer", 15)]}
@@ -459,7 +460,7 @@ def test_verdict_unresolved_with_episodes_needed():
     assert verdict.outcome == "unresolved"
     lo, hi = verdict.ci95
     assert lo < 0 < hi
-    from razor_robot.stats import episodes_to_resolve
+    from razor_robot.report.stats import episodes_to_resolve
 
     assert verdict.episodes_needed == episodes_to_resolve(60, 100 / 30, lo, hi)
     assert verdict.episodes_needed > 4 * 60  # a 3-point effect needs far more than 60 episodes
@@ -515,7 +516,7 @@ def test_verdict_lines_other_methods():
 
 def test_score_ci_and_format_rate():
     pytest.importorskip("scipy")
-    from razor_robot import stats
+    from razor_robot.report import stats
 
     record = _episode_record("sft", (11, 30), (14, 15), (13, 15), seed=1)
     assert vd.score_ci(record, "new_task") == tuple(record["new_task/ci95"])
@@ -642,7 +643,7 @@ def test_summary_opens_with_verdict_and_shows_intervals():
 def test_plots_and_report_with_intervals(tmp_path):
     pytest.importorskip("matplotlib")
     records = _sweep(RL_FAR, oracle=True)
-    band = rs._frontier_band([r for r in records if r["method"] == "sft"], np.linspace(30, 70, 5), 2.0, 20, 0)
+    band = plots._frontier_band([r for r in records if r["method"] == "sft"], np.linspace(30, 70, 5), 2.0, 20, 0)
     assert band is not None and np.all(band[0] <= band[1])
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -656,7 +657,7 @@ def test_plots_and_report_with_intervals(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Several bases (razor_robot.bases): per-base verdicts, their hierarchical-bootstrap mean, agreement
+# Several bases (razor_robot.report.bases): per-base verdicts, their hierarchical-bootstrap mean, agreement
 # --------------------------------------------------------------------------------------------------------
 def _on_base(records, base_id):
     return [dict(r, base_id=base_id) for r in records]
@@ -669,7 +670,7 @@ def _swapped(records):
 
 
 def test_pooled_verdict_two_agreeing_bases():
-    from razor_robot import bases
+    from razor_robot.report import bases
 
     records = _on_base(_sweep(RL_FAR, scale=4), "base-s0") + _on_base(_sweep(RL_FAR, scale=4), "base-s1")
     pooled = bases.pooled_verdict(records, n_resamples=400)
@@ -687,7 +688,7 @@ def test_pooled_verdict_two_agreeing_bases():
 
 
 def test_pooled_verdict_disagreeing_bases_is_unresolved():
-    from razor_robot import bases
+    from razor_robot.report import bases
 
     records = (_on_base(_sweep(RL_FAR, scale=4), "a") + _on_base(_swapped(_sweep(RL_FAR, scale=4)), "b"))
     pooled = bases.pooled_verdict(records, n_resamples=400)
@@ -703,7 +704,7 @@ def test_pooled_verdict_disagreeing_bases_is_unresolved():
 
 
 def test_rereferenced_keeps_each_checkpoints_forgetting_against_its_own_base():
-    from razor_robot import bases
+    from razor_robot.report import bases
 
     low = _on_base(_sweep(RL_FAR), "low")
     high = _on_base(_sweep(RL_NEAR), "high")

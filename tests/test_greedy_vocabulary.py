@@ -64,7 +64,7 @@ def test_a_winning_text_token_decodes_by_openvlas_clip():
 
 def test_eval_config_checks_greedy_over():
     from razor_robot.config import ConfigError, from_dict
-    from razor_robot.evaluation import EvalConfig
+    from razor_robot.measure.evaluation import EvalConfig
 
     assert from_dict(EvalConfig, {"greedy_over": "vocabulary"}, "eval").greedy_over == "vocabulary"
     with pytest.raises(ConfigError, match="greedy_over must be actions or vocabulary"):

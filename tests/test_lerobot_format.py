@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from razor_robot.cli import main
-from razor_robot.lerobot_format import check_training_data, read_lerobot
+from razor_robot.training.lerobot_format import check_training_data, read_lerobot
 
 
 def _png(image):

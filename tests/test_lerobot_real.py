@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from razor_robot.data import load_dataset, save_dataset, trajectories_to_dataset
-from razor_robot.rollout import Trajectory
+from razor_robot.training.data import load_dataset, save_dataset, trajectories_to_dataset
+from razor_robot.rollout.episodes import Trajectory
 
 pytestmark = pytest.mark.lerobot
 lerobot_dataset = pytest.importorskip("lerobot.datasets.lerobot_dataset", reason="lerobot is not installed")

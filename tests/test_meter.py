@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from razor_robot.meter import ForgettingFit, ForgettingMeter, fit_from_records, load_fit, meter_summary
+from razor_robot.measure.meter import ForgettingFit, ForgettingMeter, fit_from_records, load_fit, meter_summary
 from razor_robot.policies import load_policy
 
 

@@ -1,4 +1,5 @@
-"""Exact-value tests of the action-token distances (razor_robot.metrics) on a toy autoregressive policy."""
+"""Exact-value tests of the action-token distances (razor_robot.measure.distances) on a toy autoregressive
+policy."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from razor_robot.metrics import CI_KEYS, METRIC_KEYS, action_token_distances, token_distances
-from razor_robot.stats import bootstrap_ci
+from razor_robot.measure.distances import CI_KEYS, METRIC_KEYS, action_token_distances, token_distances
+from razor_robot.report.stats import bootstrap_ci
 
 torch.set_num_threads(1)
 

@@ -15,8 +15,8 @@ from razor_robot.policies.configuration_vla import (
     VLAConfig,
     tiny_config,
 )
-from razor_robot.sft import SFTConfig, openvla_sft_loss, sft_loss
-from razor_robot.training import OptimConfig
+from razor_robot.training.sft import SFTConfig, openvla_sft_loss, sft_loss
+from razor_robot.training.optim import OptimConfig
 
 INSTRUCTIONS = ["pick coke can", "open top drawer"]
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn as nn  # noqa: E402
-from razor_robot import predictors as P  # noqa: E402
+from razor_robot.measure import predictors as P  # noqa: E402
 
 
 def linear(weight, bias):

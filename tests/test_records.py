@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from razor_robot.frontier import load_records
-from razor_robot.records import NULL_REASONS, append_records, dumps_strict, loads_strict, read_records
+from razor_robot.report.frontier import load_records
+from razor_robot.io import NULL_REASONS, dumps_strict, loads_strict
+from razor_robot.report.records import append_records, read_records
 
 pytestmark = pytest.mark.core
 

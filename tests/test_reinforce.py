@@ -11,13 +11,13 @@ import torch
 from fake_envs import make_reach_env
 from razor_robot.policies import load_policy
 from razor_robot.policies.action_tokenizer import compute_norm_stats
-from razor_robot.reinforce import (
+from razor_robot.training.reinforce import (
     RLConfig, StepBatch, group_advantages, minibatch_loss, steps_from_trajectories, train_reinforce,
 )
-from razor_robot.env_pool import EnvPool
-from razor_robot.rollout import Trajectory
-from razor_robot.training import OptimConfig
-from razor_robot.stats import drawdown_null_probability
+from razor_robot.rollout.pool import EnvPool
+from razor_robot.rollout.episodes import Trajectory
+from razor_robot.training.optim import OptimConfig
+from razor_robot.report.stats import drawdown_null_probability
 
 torch.set_num_threads(1)
 
@@ -265,7 +265,7 @@ def test_train_reinforce_on_the_fake_env_is_deterministic():
 
 
 def test_stability_line_says_whether_the_fall_is_noise():
-    from razor_robot.stages.finetune import stability_line
+    from razor_robot.experiment.stages.finetune import stability_line
 
     assert stability_line({"rl/max_drawdown": 0.109375, "rl/drawdown_null_probability": 0.534}) == (
         "rollout success fell at most 10.9 points below its running best; a policy that never changed falls "

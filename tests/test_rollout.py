@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from fake_envs import make_reach_env
-from razor_robot.env_pool import EnvPool
-from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, lockstep_rollout, make_vector_env, rollout
+from razor_robot.rollout.pool import EnvPool
+from razor_robot.rollout.demonstrator import DemonstratorPolicy
+from razor_robot.rollout.episodes import EpisodeRequest
+from razor_robot.rollout.lockstep import lockstep_rollout, make_vector_env
+from razor_robot.rollout.pool import rollout
 
 pytestmark = pytest.mark.core
 
@@ -132,7 +135,7 @@ def test_the_last_wave_is_split_so_policy_and_simulation_still_overlap():
 
 
 def test_rollout_totals_count_every_episode_and_env_step_of_the_process():
-    from razor_robot.env_pool import ROLLOUT_TOTALS
+    from razor_robot.rollout.pool import ROLLOUT_TOTALS
 
     before = (ROLLOUT_TOTALS.episodes, ROLLOUT_TOTALS.env_steps, ROLLOUT_TOTALS.seconds)
     with EnvPool(num_workers=1, envs_per_worker=2, env_factory=make_reach_env) as pool:

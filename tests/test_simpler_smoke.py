@@ -19,8 +19,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "simpler_cpu_smoke.ya
 
 def test_smoke_sweep_on_the_real_simulator(tmp_path):
     from razor_robot.cli import main
-    from razor_robot.data import load_dataset
-    from razor_robot.records import read_records
+    from razor_robot.training.data import load_dataset
+    from razor_robot.report.records import read_records
 
     out = tmp_path / "out"
     smaller = ["--set", f"cache_dir={tmp_path / 'cache'}", "--set", "num_workers=2", "--set", "envs_per_worker=1",

@@ -1,4 +1,5 @@
-"""Exact-value tests of razor_robot.stats: Wilson bounds in closed form, seeded percentile bootstraps."""
+"""Exact-value tests of razor_robot.report.stats: Wilson bounds in closed form, seeded percentile
+bootstraps."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from razor_robot import stats
+from razor_robot.report import stats
 
 pytestmark = pytest.mark.core
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from razor_robot.cli import main
-from razor_robot.records import read_records
-from razor_robot.training import NonFiniteLossError
+from razor_robot.report.records import read_records
+from razor_robot.training.optim import NonFiniteLossError
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def test_ray_engine_runs_each_run_as_a_task_with_env_actors(tmp_path, cache_dir)
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, monkeypatch):
-    import razor_robot.sweep as sweep
+    import razor_robot.experiment.sweep as sweep
 
     real = sweep.execute_run
 
@@ -210,7 +210,7 @@ def test_oracle_and_distill_runs_train_on_policy_episodes_or_fail_with_the_reaso
         if own[0].get("status") == "failed":
             assert "succeeded on no pick-can episode" in own[0]["reason"], own[0]["reason"]
         else:
-            from razor_robot.data import load_dataset
+            from razor_robot.training.data import load_dataset
 
             directory = out / ("oracle-demos" if method == "oracle-sft" else "distill-demos")
             datasets = [p.parent.parent for p in directory.rglob("meta/info.json")]  # LeRobot v3.0 roots
@@ -238,7 +238,7 @@ def test_several_bases_each_fine_tuned_then_pooled(tmp_path, cache_dir):
     (tmp_path / "single").mkdir()
     single = write_config(tmp_path / "single", cache_dir)
     from razor_robot.cli import _load_config
-    from razor_robot.stages.base import recipe_hash
+    from razor_robot.experiment.stages.base import recipe_hash
 
     assert recipe_hash(_load_config(str(single))) == recipe_hash(_load_config(str(config)).bases()[0][1])
     summary = (out / "summary.txt").read_text()

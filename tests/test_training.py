@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from razor_robot.data import DemoDataset
+from razor_robot.training.dataset import DemoDataset
 from razor_robot.policies import ActionTokenizer, load_policy
-from razor_robot.sft import SFTConfig, sft_loss, train_sft
-from razor_robot.training import (
+from razor_robot.training.sft import SFTConfig, sft_loss, train_sft
+from razor_robot.training.optim import (
     NonFiniteLossError, OptimConfig, action_bins, make_optimizer, shift_augment, soft_bin_targets,
 )
 
@@ -267,7 +267,7 @@ def test_sft_on_a_dataset_read_back_from_lerobot_v3_gives_the_same_weights(sft_s
     """The dataset format changed (LeRobot v3.0): SFT on what was written and read back trains bit for bit the
     same weights as SFT on the dataset in memory (same seed). scripts/check_sft_format.py compares against the
     previous format's writer too."""
-    from razor_robot.data import load_dataset, save_dataset
+    from razor_robot.training.data import load_dataset, save_dataset
 
     dataset = _dataset(48)
     loaded = load_dataset(save_dataset(dataset, tmp_path / "demos"))

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from fake_envs import make_reach_env
-from razor_robot.rollout import EpisodeRequest, rollout
-from razor_robot.video import FAILURE_COLOUR, SUCCESS_COLOUR, mosaic, render_video_frames, write_rollout_video
+from razor_robot.rollout.episodes import EpisodeRequest
+from razor_robot.rollout.pool import rollout
+from razor_robot.report.video import FAILURE_COLOUR, SUCCESS_COLOUR, mosaic, render_video_frames, write_rollout_video
 
 pytestmark = pytest.mark.core
 
@@ -43,7 +44,7 @@ def test_video_needs_images_and_valid_tile(tmp_path):
 
 
 def test_comparison_frames_put_checkpoints_side_by_side_with_captions_and_outcome_borders():
-    from razor_robot.video import render_comparison_frames
+    from razor_robot.report.video import render_comparison_frames
 
     requests = [EpisodeRequest("pick-can", seed=s, object_xy=(x, 0.0)) for s, x in enumerate([0.5, -0.5])]
     wins = rollout(requests, right, env_factory=make_reach_env, progress=False)

@@ -13,9 +13,11 @@ pytest.importorskip("metaworld")
 
 from razor_robot.cli import main  # noqa: E402
 from razor_robot.policies import make_demonstrator  # noqa: E402
-from razor_robot.rollout import DemonstratorPolicy, EpisodeRequest, rollout  # noqa: E402
-from razor_robot.stages.report import matched_pair  # noqa: E402
-from razor_robot.stats import wilson_interval  # noqa: E402
+from razor_robot.rollout.demonstrator import DemonstratorPolicy  # noqa: E402
+from razor_robot.rollout.episodes import EpisodeRequest
+from razor_robot.rollout.pool import rollout
+from razor_robot.experiment.stages.report import matched_pair  # noqa: E402
+from razor_robot.report.stats import wilson_interval  # noqa: E402
 
 
 def test_the_video_camera_leaves_the_episodes_as_they_were():
@@ -55,7 +57,7 @@ def test_matched_pair_is_the_closest_new_task_success_then_the_higher():
 def test_video_command_puts_checkpoints_side_by_side(tmp_path, capsys):
     import torch
 
-    from razor_robot.experiment import EMBEDDED_UNNORM_KEY
+    from razor_robot.experiment.plan import EMBEDDED_UNNORM_KEY
     from razor_robot.policies import load_policy
 
     stats = {"action": {"q01": [-1.0] * 4, "q99": [1.0] * 4, "mask": [True] * 4}}
