@@ -7,6 +7,7 @@ training time, so the ceiling of a policy/env setting can be compared with anoth
 
     python scripts/ceiling.py configs/quickstart.yaml --demos 640 --epochs 8 --checkpoints 4
     python scripts/ceiling.py configs/quickstart.yaml --demos 640 --set policy.overrides.patch_size=8
+    python scripts/ceiling.py configs/quickstart.yaml --demos 640 --schedule cosine
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=8.0)
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", default="constant", help="learning-rate schedule after warmup: constant, cosine")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7_000_000, help="first demonstration seed (disjoint from eval)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -55,7 +57,8 @@ def main() -> None:
         mask = [True] * (data.actions.shape[1] - 1) + [False]
         policy.set_norm_stats(config.unnorm_key, compute_norm_stats(data.actions, mask))
         sft = from_dict(SFTConfig, {
-            "optim": {"learning_rate": args.lr, "batch_size": args.batch_size, "warmup_steps": 100},
+            "optim": {"learning_rate": args.lr, "batch_size": args.batch_size, "warmup_steps": 100,
+                      "schedule": args.schedule},
             "epochs": args.epochs, "checkpoints": args.checkpoints, "label_sigma_bins": 1.5,
             "shift_augment_px": 4}, "ceiling")
         start = time.perf_counter()

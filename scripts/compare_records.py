@@ -100,7 +100,10 @@ def compare_file(rel: Path, a: Path, b: Path, roots_a, roots_b) -> list[str]:
 
 
 def files(root: Path) -> set[Path]:
-    return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name}
+    """Every file under ``root`` but temporaries and wandb's offline runs (named by their start time; the
+    metrics they hold are the runs' metrics.jsonl, compared here)."""
+    return {p.relative_to(root) for p in root.rglob("*")
+            if p.is_file() and ".tmp" not in p.name and p.relative_to(root).parts[0] != "wandb"}
 
 
 def main(argv: list[str] | None = None) -> int:
