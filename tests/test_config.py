@@ -84,7 +84,7 @@ def test_bad_sweep_configs_fail_before_work(data, message):
 
 
 @pytest.mark.parametrize("name, sft_runs, rl_runs", [
-    ("quickstart", 2, 1), ("cpu_full", 21, 7), ("paper_simpler_openvla", 21, 21), ("simpler_cpu_smoke", 1, 1)])
+    ("quickstart", 2, 1), ("reproduce", 3, 3), ("cpu_full", 21, 7), ("paper_simpler_openvla", 21, 21), ("simpler_cpu_smoke", 1, 1)])
 def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
     from pathlib import Path
 
@@ -93,9 +93,12 @@ def test_shipped_configs_validate_and_expand(name, sft_runs, rl_runs):
     config = load_yaml(SweepConfig, Path(__file__).parents[1] / "configs" / f"{name}.yaml")
     runs = expand_runs(config)
     assert [r.method for r in runs].count("sft") == sft_runs and [r.method for r in runs].count("rl") == rl_runs
-    if name == "quickstart":  # the stable REINFORCE and both policy-data methods
-        assert [r.method for r in runs].count("oracle-sft") == [r.method for r in runs].count("distill-sft") == 1
+    policy_data_runs = 1 if name == "reproduce" else 0  # the quickstart is SFT vs RL; reproduce has all four
+    if name in ("quickstart", "reproduce"):  # the stable REINFORCE; the paper's 10 demonstrations per point
+        assert [r.method for r in runs].count("oracle-sft") == policy_data_runs
+        assert [r.method for r in runs].count("distill-sft") == policy_data_runs
         assert next(r for r in runs if r.method == "rl").config.optimizer_steps_per_iteration == 1
+        assert config.demos.episodes_per_point == 10
     if name == "paper_simpler_openvla":
         assert config.backend == "simpler" and config.demos.grid_size == 10 and config.demos.episodes_per_point == 10
         assert config.eval.new_task_positions == 100 and config.rl.config["rollouts_per_point"] == 5
