@@ -44,6 +44,7 @@ __all__ = [
     "eval_positions",
     "grid_positions",
     "make_env",
+    "check_env_options",
     "require_backend",
     "position_ranges",
     "task_spec",
@@ -102,6 +103,14 @@ def require_backend(backend: str) -> None:
     module, hint = _BACKEND_MODULES[check_backend(backend)]
     if importlib.util.find_spec(module) is None:
         raise MissingDependencyError(module, hint)
+
+
+def check_env_options(backend: str, options: dict[str, Any]) -> None:
+    """Fail fast on a backend option that would only fail once env workers start (a sweep's ``env:``)."""
+    if check_backend(backend) == "metaworld" and options.get("camera") is not None:
+        from .metaworld_backend import CameraView
+
+        CameraView.of(options["camera"])
 
 
 def _register_gym_ids() -> None:

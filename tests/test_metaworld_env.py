@@ -249,3 +249,16 @@ def test_lean_action_repeat_equals_plain_meta_world_steps(task):
         np.testing.assert_array_equal(image, plain[0])
         np.testing.assert_array_equal(state, plain[1])
         assert (reward, success) == (plain[2], plain[3])
+
+
+def test_a_bad_config_camera_fails_the_sweep_in_one_line_before_work(tmp_path, capsys):
+    from pathlib import Path
+
+    from razor_robot.cli import main
+
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml")
+    out = tmp_path / "out"
+    assert main(["sweep", config, "--out", str(out), "--set", "env.camera={zoom: 2}", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown camera field(s) ['zoom']" in err
+    assert not (out / "results.jsonl").exists() and not (out / "base").exists()

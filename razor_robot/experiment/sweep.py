@@ -46,7 +46,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
 
     Several bases (``base.seeds``): each base's sweep runs in ``OUT/<base label>/`` as a sweep of its own,
     then ``OUT/results.jsonl`` gathers every base's records (each names its base in ``base_id``)."""
-    from razor_robot.envs import require_backend
+    from razor_robot.envs import check_env_options, require_backend
     from razor_robot.rollout.ray_envs import require_ray
 
     runs = expand_runs(config)  # validates every run's config before any work
@@ -54,6 +54,7 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
     if len(bases) > 1:
         return _run_bases(bases, Path(out_dir), progress, log)
     require_backend(config.backend)
+    check_env_options(config.backend, config.env)
     if config.demos.path and any(r.method == "sft" for r in runs):
         from razor_robot.envs import task_spec
         from razor_robot.training.lerobot_format import check_training_data
