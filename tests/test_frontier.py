@@ -721,6 +721,36 @@ def test_rereferenced_keeps_each_checkpoints_forgetting_against_its_own_base():
         bases.rereferenced(low + [dict(r, base_id="x") for r in high if r["method"] != "base"])
 
 
+def test_rereferenced_scores_move_with_their_intervals_and_replicates():
+    """A shifted prior-task score keeps its own error bar and bootstrap replicates (moved by the same points),
+    and the summary's checkpoint rows show it as measured, with its base."""
+    from razor_robot.report import bases
+
+    low = _on_base(_sweep(RL_FAR), "low")
+    high = _on_base(_sweep(RL_NEAR), "high")
+    for r in high:  # the same base record as `low`'s, 10 points higher: shifts +5 (low) and -5 (high)
+        r["prior_task"] += 10.0
+    originals = low + high
+    shifted = bases.rereferenced(originals)
+    assert bases.reference_shifts(shifted) == {"low": 5.0, "high": -5.0}
+    assert vd.score_shift(originals[0], "prior_task") == 0.0
+    for original, moved in zip(originals, shifted):
+        shift = 5.0 if original in low else -5.0
+        assert moved["prior_task/shift"] == shift and bases.measured(moved) == original
+        lo, hi = vd.score_ci(original, "prior_task")
+        assert vd.score_ci(moved, "prior_task") == (lo + shift, hi + shift)
+        assert vd.score_ci(moved, "new_task") == vd.score_ci(original, "new_task")
+    before, after = vd.resample_scores(originals, 50, seed=3), vd.resample_scores(shifted, 50, seed=3)
+    shifts = np.array([5.0] * len(low) + [-5.0] * len(high))
+    np.testing.assert_allclose(after.prior_task, before.prior_task + shifts, atol=1e-12)
+    np.testing.assert_array_equal(after.new_task, before.new_task)
+
+    text = rs.summary_table(shifted, n_resamples=50)
+    assert "2 bases: prior_task above and in the plots is re-referenced" in text and "low +5.0, high -5.0" in text
+    base_row = next(line for line in text.splitlines() if line.startswith("base ") and " high " in line)
+    assert rs.format_rate(originals[len(low)], "prior_task") in base_row  # as measured, not shifted
+
+
 def test_frontier_report_of_several_bases_opens_with_the_pooled_verdict(tmp_path):
     records = _on_base(_sweep(RL_FAR, scale=4), "base-s0") + _on_base(_sweep(RL_NEAR, scale=4), "base-s1")
     path = tmp_path / "results.jsonl"

@@ -32,6 +32,9 @@ from razor_robot.report.verdict import (
 BASE_KEY = "base_id"
 """Record field naming the base a checkpoint was fine-tuned from (the base's own record carries it too)."""
 
+PRIOR_SHIFT_KEY = "prior_task/shift"
+"""Record field of a `rereferenced` copy: the points added to its measured prior-task score."""
+
 
 def by_base(records: Iterable[Record]) -> dict[str, list[Record]]:
     """Records grouped by ``base_id``, in order of first appearance (records without it: group "")."""
@@ -44,8 +47,9 @@ def by_base(records: Iterable[Record]) -> dict[str, list[Record]]:
 def rereferenced(records: Iterable[Record]) -> list[Record]:
     """Copies whose prior-task scores are shifted so that every base's prior-task score is the mean over
     bases: base prior - prior (forgetting) is then each checkpoint's forgetting against its own base, and the
-    fits of razor_robot.report.frontier / razor_robot.report.table1 can pool all bases. A single base is
-    returned unchanged."""
+    fits of razor_robot.report.frontier / razor_robot.report.table1 can pool all bases. Each copy names its
+    shift (``prior_task/shift``), by which its interval and bootstrap replicates move too
+    (razor_robot.report.verdict.score_shift); `measured` undoes it. A single base is returned unchanged."""
     checked = check_records(records)
     groups = by_base(checked)
     if len(groups) < 2:
@@ -57,7 +61,23 @@ def rereferenced(records: Iterable[Record]) -> list[Record]:
             raise ValueError(f"base {label!r} has no {BASE_METHOD!r} record: its forgetting is undefined")
         base_prior[label] = float(np.mean(scores))
     common = float(np.mean(list(base_prior.values())))
-    return [{**r, "prior_task": r["prior_task"] - base_prior[str(r.get(BASE_KEY, ""))] + common} for r in checked]
+    shifts = {label: common - prior for label, prior in base_prior.items()}
+    return [{**r, "prior_task": r["prior_task"] + shifts[str(r.get(BASE_KEY, ""))],
+             PRIOR_SHIFT_KEY: shifts[str(r.get(BASE_KEY, ""))]} for r in checked]
+
+
+def reference_shifts(records: Iterable[Record]) -> dict[str, float]:
+    """Each base's prior-task shift (points) in `rereferenced` records, by base label; empty when none."""
+    return {str(r.get(BASE_KEY, "")): float(r[PRIOR_SHIFT_KEY]) for r in records
+            if r["method"] == BASE_METHOD and PRIOR_SHIFT_KEY in r}
+
+
+def measured(record: Record) -> Record:
+    """A `rereferenced` record with its prior-task score as measured (the record itself when not shifted)."""
+    if PRIOR_SHIFT_KEY not in record:
+        return record
+    kept = {k: v for k, v in record.items() if k != PRIOR_SHIFT_KEY}
+    return {**kept, "prior_task": record["prior_task"] - record[PRIOR_SHIFT_KEY]}
 
 
 @dataclass(frozen=True)

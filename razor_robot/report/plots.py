@@ -23,7 +23,7 @@ from razor_robot.report.frontier import (
 )
 from razor_robot.report.stats import DEFAULT_RESAMPLES
 from razor_robot.report.table1 import r2_fits
-from razor_robot.report.verdict import compare_methods, resample_scores, score_ci
+from razor_robot.report.verdict import compare_methods, resample_scores, score_ci, score_shift
 def _new_figure(width: float, height: float) -> Any:
     """A matplotlib Figure on the Agg canvas, without touching pyplot's global state."""
     try:
@@ -136,7 +136,9 @@ def plot_frontier(records: Iterable[Record], path: str | os.PathLike, tolerance:
     if base:
         ax.scatter([r["new_task"] for r in base], [r["prior_task"] for r in base], marker="*", s=160,
                    color="black", zorder=4, label="base")
-    ax.set(xlabel="new-task success (%)  [bars: 95% CI]", ylabel="prior-task success (%)")
+    shifted = any(score_shift(r, "prior_task") for r in checked)  # several bases (report.bases.rereferenced)
+    ylabel = "prior-task success (%), re-referenced to the bases' mean" if shifted else "prior-task success (%)"
+    ax.set(xlabel="new-task success (%)  [bars: 95% CI]", ylabel=ylabel)
     ax.set_title(textwrap.fill(title, 95), fontsize=6.5, loc="left")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from razor_robot.report.bases import by_base, pooled_verdict_lines, rereferenced
+from razor_robot.report.bases import (
+    BASE_KEY, by_base, measured, pooled_verdict_lines, reference_shifts, rereferenced,
+)
 from razor_robot.report.frontier import (
     BASE_METHOD, DISTANCE_KEYS, Record, align_columns, base_prior, check_records, distance,
     fine_tuning_methods, format_number, load_records, stored_interval,
@@ -67,17 +69,37 @@ def _with_ci(value: float, ci: tuple[float, float] | None, digits: int) -> str:
 
 
 def _checkpoint_rows(records: Sequence[Record], reference: float | None) -> str:
-    """Every record: its scores with CIs, forgetting (with the stored CI) and forward KL (with its CI)."""
-    header = ["method", "checkpoint", "new_task", "prior_task", "forgetting", "kl"]
+    """Every record: its scores with CIs (prior_task as measured, also in `rereferenced` records), forgetting
+    (with the stored CI) and forward KL (with its CI); a base column when there are several bases."""
+    several = len(by_base(records)) > 1
+    header = ["method"] + (["base"] if several else []) + ["checkpoint", "new_task", "prior_task", "forgetting",
+                                                          "kl"]
     rows = [header]
     for i, r in enumerate(records):
         name = f"{r['run_id']}@{r['step']}" if "run_id" in r and "step" in r else f"#{i}"
         forgetting = reference - r["prior_task"] if reference is not None else math.nan
         kl_ci = stored_interval(r.get("kl/forward/ci95"))
-        rows.append([r["method"], name, format_rate(r, "new_task"), format_rate(r, "prior_task"),
-                     _with_ci(forgetting, stored_interval(r.get("forgetting/ci95")), 1),
-                     _with_ci(distance(r), kl_ci, 3)])
+        rows.append([r["method"]] + ([str(r.get(BASE_KEY, ""))] if several else []) + [
+            name, format_rate(r, "new_task"), format_rate(measured(r), "prior_task"),
+            _with_ci(forgetting, stored_interval(r.get("forgetting/ci95")), 1), _with_ci(distance(r), kl_ci, 3)])
     return align_columns(rows)
+
+
+def _reference_line(records: Sequence[Record], reference: float | None) -> str:
+    """What forgetting is measured against: the base's scores, or with several bases the shifts that put every
+    base at their mean prior-task score."""
+    if reference is None:
+        return f"no {BASE_METHOD!r} record: forgetting (and R2) undefined; scores in points"
+    shifts = reference_shifts(records)
+    if shifts:
+        moved = ", ".join(f"{label} {value:+.1f}" for label, value in shifts.items())
+        return (f"{len(shifts)} bases: prior_task above and in the plots is re-referenced to the bases' mean "
+                f"prior_task {format_number(reference, 1)} (each base's checkpoints shifted with their intervals: "
+                f"{moved}), so forgetting is against each checkpoint's own base; the rows below show prior_task "
+                f"as measured; scores in points")
+    base = next(r for r in records if r["method"] == BASE_METHOD)
+    return (f"base: new_task {format_rate(base, 'new_task')}, prior_task {format_rate(base, 'prior_task')} "
+            f"(forgetting reference); scores in points")
 
 
 def summary_table(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
@@ -117,13 +139,7 @@ def summary_table(records: Iterable[Record], *, n_resamples: int = DEFAULT_RESAM
     else:
         lines = verdict_lines(checked, **kwargs) + new_task_gain_lines(checked, **kwargs)
     lines.append(forward_kl_line(checked, **kwargs) if has_base else "forward KL fit: n/a (no base record)")
-    lines += ["", align_columns(rows)]
-    if reference is not None:
-        base = next(r for r in checked if r["method"] == BASE_METHOD)
-        lines.append(f"base: new_task {format_rate(base, 'new_task')}, prior_task "
-                     f"{format_rate(base, 'prior_task')} (forgetting reference); scores in points")
-    else:
-        lines.append(f"no {BASE_METHOD!r} record: forgetting (and R2) undefined; scores in points")
+    lines += ["", align_columns(rows), _reference_line(checked, reference)]
     lines += ["", "checkpoints (success % [95% CI] n=episodes; forgetting = base prior - prior, points):",
               _checkpoint_rows(checked, reference)]
     return "\n".join(lines)

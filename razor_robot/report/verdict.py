@@ -86,12 +86,21 @@ def score_count(record: Record, key: str) -> tuple[int, int] | None:
     return None
 
 
+def score_shift(record: Record, key: str) -> float:
+    """Points a change of reference added to the record's score ``key`` (``key/shift``, written by
+    razor_robot.report.bases.rereferenced); 0 for a score as measured. Its interval and bootstrap replicates
+    move by the same amount, so a shifted point keeps its own error bar."""
+    value = record.get(f"{key}/shift", 0.0)
+    return float(value) if is_number(value) and math.isfinite(value) else 0.0
+
+
 def score_ci(record: Record, key: str) -> tuple[float, float] | None:
     """95% interval (points) of a record's success rate: the stored key/ci95, else the Wilson interval of
-    `score_count`, else None (old records: no error bar)."""
+    `score_count`, else None (old records: no error bar); moved by `score_shift`."""
+    shift = score_shift(record, key)
     stored = stored_interval(record.get(f"{key}/ci95"))
     if stored is not None:
-        return stored
+        return stored[0] + shift, stored[1] + shift
     count = score_count(record, key)
     if count is None:
         return None
@@ -99,7 +108,7 @@ def score_ci(record: Record, key: str) -> tuple[float, float] | None:
         lo, hi = wilson_interval(*count)
     except ImportError:  # scipy missing: no interval rather than no report
         return None
-    return 100.0 * lo, 100.0 * hi
+    return 100.0 * lo + shift, 100.0 * hi + shift
 
 
 def _episode_counts(record: Record) -> dict[str, int]:
@@ -157,7 +166,8 @@ def _draw_successes(record: Record, index: int, task: str | None, key: str, outc
 
 def resample_scores(records: Iterable[Record], n_resamples: int = DEFAULT_RESAMPLES,
                     seed: int = 0) -> ScoreReplicates:
-    """Bootstrap replicates of new_task and prior_task for every record (see `_draw_successes`).
+    """Bootstrap replicates of new_task and prior_task for every record (see `_draw_successes`), moved by
+    `score_shift`.
 
     Raises ValueError naming the first record that has neither per-episode outcomes nor counts.
     """
@@ -178,8 +188,9 @@ def resample_scores(records: Iterable[Record], n_resamples: int = DEFAULT_RESAMP
             if part is None:
                 raise ValueError(f"record {i} ({record['method']!r}) has no per-episode outcomes or counts "
                                  f"for {name}")
-        new[:, i] = 100.0 * drawn[0] / drawn[1]
-        prior[:, i] = 100.0 * sum(p[0] for p in parts) / sum(p[1] for p in parts)
+        new[:, i] = 100.0 * drawn[0] / drawn[1] + score_shift(record, "new_task")
+        prior_rate = 100.0 * sum(p[0] for p in parts) / sum(p[1] for p in parts)
+        prior[:, i] = prior_rate + score_shift(record, "prior_task")
     return ScoreReplicates(new, prior, " + ".join(kinds) or "none")
 
 
