@@ -24,6 +24,8 @@ from razor_robot.report.frontier import (
 from razor_robot.report.stats import DEFAULT_RESAMPLES
 from razor_robot.report.table1 import r2_fits
 from razor_robot.report.verdict import compare_methods, resample_scores, score_ci, score_shift
+
+
 def _new_figure(width: float, height: float) -> Any:
     """A matplotlib Figure on the Agg canvas, without touching pyplot's global state."""
     try:
