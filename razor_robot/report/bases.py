@@ -26,13 +26,13 @@ import numpy as np
 from razor_robot.report.frontier import BASE_METHOD, Record, check_records, fine_tuning_methods
 from razor_robot.report.stats import DEFAULT_RESAMPLES, hierarchical_bootstrap, percentile_interval
 from razor_robot.report.verdict import (
-    Verdict, comparisons, format_signed, gap_replicates, method_display_name, outcome_of,
+    SHIFT_SUFFIX, Verdict, comparisons, format_signed, gap_replicates, method_display_name, outcome_of,
 )
 
 BASE_KEY = "base_id"
 """Record field naming the base a checkpoint was fine-tuned from (the base's own record carries it too)."""
 
-PRIOR_SHIFT_KEY = "prior_task/shift"
+PRIOR_SHIFT_KEY = "prior_task" + SHIFT_SUFFIX
 """Record field of a `rereferenced` copy: the points added to its measured prior-task score."""
 
 

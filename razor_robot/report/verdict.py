@@ -86,11 +86,15 @@ def score_count(record: Record, key: str) -> tuple[int, int] | None:
     return None
 
 
+SHIFT_SUFFIX = "/shift"
+"""``<score key>/shift``: the points a change of reference added to that score (see `score_shift`)."""
+
+
 def score_shift(record: Record, key: str) -> float:
     """Points a change of reference added to the record's score ``key`` (``key/shift``, written by
     razor_robot.report.bases.rereferenced); 0 for a score as measured. Its interval and bootstrap replicates
     move by the same amount, so a shifted point keeps its own error bar."""
-    value = record.get(f"{key}/shift", 0.0)
+    value = record.get(key + SHIFT_SUFFIX, 0.0)
     return float(value) if is_number(value) and math.isfinite(value) else 0.0
 
 
