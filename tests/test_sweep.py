@@ -243,4 +243,4 @@ def test_several_bases_each_fine_tuned_then_pooled(tmp_path, cache_dir):
     assert recipe_hash(_load_config(str(single))) == recipe_hash(_load_config(str(config)).bases()[0][1])
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("pooled verdict (2 bases): ") or summary.startswith("pooled verdict: unresolved")
-    assert "bases: base-s0, base-s1" in summary
+    assert "bases: base-s0, base-s1 (per-base reports and plots in their folders)" in summary  # videos off

@@ -99,7 +99,8 @@ def write_report(config: SweepConfig, results: Path, out_dir: Path, *, progress:
     if len(groups) > 1:  # several bases: pooled verdicts first, fits over every base's checkpoints
         headline = pooled_verdict_lines(records)
         report = frontier_outputs(rereferenced(records), out_dir, headline=headline)
-        report += ("\n\nbases: " + ", ".join(groups) + " (per-base reports, plots and videos in their folders); "
+        per_base = "reports, plots and videos" if config.report.videos else "reports and plots"
+        report += ("\n\nbases: " + ", ".join(groups) + f" (per-base {per_base} in their folders); "
                    "fits and Table 1 above pool every base's checkpoints, forgetting against each one's own base")
     else:
         report = frontier_outputs(records, out_dir)
