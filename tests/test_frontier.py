@@ -454,6 +454,26 @@ def test_verdict_resolves_rl_forgets_less():
     assert mirrored.line().startswith("verdict: RL forgets less: retention gap SFT - RL = -22.0 points")
 
 
+# RL never above the base (3 of 30): the matched range is the base's point, 10; there f_RL = 28/30 (its first
+# checkpoint) and f_SFT = 24/30, so the gap is 40/3 points
+RL_BELOW = [((3, 30), (14, 15), (14, 15), 0.2), ((2, 30), (14, 15), (13, 15), 0.4),
+            ((3, 30), (13, 15), (13, 15), 0.5)]
+
+
+def test_verdict_says_when_a_method_never_exceeded_the_base():
+    from razor_robot.report import bases
+
+    verdict = vd.compare_methods(_sweep(RL_BELOW), n_resamples=200)
+    assert verdict.matched == (10.0, 10.0) and verdict.gap == pytest.approx(40 / 3, abs=1e-9)
+    assert verdict.not_above_base == ("rl",)
+    assert "over (10.0, 10.0] (a point: RL never exceeded the base's new-task success); episodes" in verdict.line()
+    assert vd.compare_methods(_sweep(RL_FAR), n_resamples=50).not_above_base == ()
+    pooled = bases.pooled_verdict(_on_base(_sweep(RL_BELOW), "base-s2") + _on_base(_sweep(RL_FAR), "base-s0"),
+                                  n_resamples=200)
+    assert "base-s2 +13.3 (" in pooled.line()
+    assert ", at the base's new-task success: RL never above it); base-s0 +22.0 (" in pooled.line()
+
+
 def test_verdict_unresolved_with_episodes_needed():
     verdict = vd.compare_methods(_sweep(RL_NEAR), n_resamples=400)
     assert verdict.gap == pytest.approx(100 / 30, abs=1e-9) and verdict.matched == (10.0, 70.0)

@@ -271,6 +271,9 @@ class Verdict:
     """Bootstrap resamples behind the CI."""
     confidence: float = 0.95
     """Confidence level of ci95."""
+    not_above_base: tuple[str, ...] = ()
+    """The compared methods whose best new-task success does not exceed the base's: then the matched range is
+    a point, the base's own new-task success, and the gap compares prior tasks there, not at a matched gain."""
 
     def line(self, prefix: str = "verdict") -> str:
         """One line: "<prefix>: RL forgets less | SFT forgets less | unresolved: <gap, CI, range, n>"."""
@@ -282,6 +285,9 @@ class Verdict:
         if self.ci95 is not None:
             text += f", {100 * self.confidence:g}% CI [{format_signed(self.ci95[0])}, {format_signed(self.ci95[1])}]"
         text += f", at matched new-task success over ({self.matched[0]:.1f}, {self.matched[1]:.1f}]"
+        if self.not_above_base:
+            names = " and ".join(method_display_name(m) for m in self.not_above_base)
+            text += f" (a point: {names} never exceeded the base's new-task success)"
         if self.episodes:
             counts = ", ".join(f"{task} {lo}" if lo == hi else f"{task} {lo}-{hi}"
                                for task, (lo, hi) in self.episodes.items())
@@ -370,11 +376,14 @@ def gap_replicates(
     gap, lo, hi = matched_gap((scores(group_a, "new_task"), scores(group_a, "prior_task")),
                               (scores(group_b, "new_task"), scores(group_b, "prior_task")), x_lo)
     episodes = _episode_ranges(base + group_a + group_b)
+    base_new = scores(base, "new_task")
+    not_above = tuple(m for m, group in ((method_a, group_a), (method_b, group_b))
+                      if len(base_new) and scores(group, "new_task").max() <= base_new.mean())
     try:
         reps = resample_scores(base + group_a + group_b, n_resamples, seed)
     except ValueError as error:
         return Verdict(method_a, method_b, gap, (lo, hi), None, "unresolved", episodes, None, str(error),
-                       0, confidence), None
+                       0, confidence, not_above), None
     nb, na = len(base), len(group_a)
     gaps = np.empty(n_resamples)  # (R,)
     for r in range(n_resamples):
@@ -387,7 +396,7 @@ def gap_replicates(
     if outcome == "unresolved" and episodes:
         needed = episodes_to_resolve(sum(lo_n for lo_n, _ in episodes.values()), gap, *ci)
     return Verdict(method_a, method_b, gap, (lo, hi), ci, outcome, episodes, needed, reps.resampling,
-                   n_resamples, confidence), gaps
+                   n_resamples, confidence, not_above), gaps
 
 
 def outcome_of(ci: tuple[float, float]) -> Literal["a", "b", "unresolved"]:
