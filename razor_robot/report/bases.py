@@ -121,11 +121,11 @@ class PooledVerdict:
         else:
             text += "; CI unavailable: a base has no per-episode outcomes or counts"
         outcomes = {"a": f"{a} forgets less", "b": f"{b} forgets less", "unresolved": "unresolved"}
-        per_base = "; ".join(f"{label} {format_signed(v.gap)} ({outcomes[v.outcome]}"
-                             + (f", at the base's new-task success: "
-                                f"{' and '.join(method_display_name(m) for m in v.not_above_base)} never above it"
-                                if v.not_above_base else "") + ")"
-                             for label, v in self.per_base.items())
+        def base_outcome(v: Verdict) -> str:
+            point = f", at the base's new-task success: {v.not_above_base_names()} never above it"
+            return outcomes[v.outcome] + (point if v.not_above_base else "")
+
+        per_base = "; ".join(f"{label} {format_signed(v.gap)} ({base_outcome(v)})" for label, v in self.per_base.items())
         text += f"; per base: {per_base}; the bases {'agree' if self.agree else 'disagree'}"
         if self.skipped:
             text += "; left out: " + ", ".join(f"{k} ({v})" for k, v in self.skipped.items())

@@ -275,6 +275,10 @@ class Verdict:
     """The compared methods whose best new-task success does not exceed the base's: then the matched range is
     a point, the base's own new-task success, and the gap compares prior tasks there, not at a matched gain."""
 
+    def not_above_base_names(self) -> str:
+        """not_above_base for a reader: "RL", "oracle-sft and RL"."""
+        return " and ".join(method_display_name(m) for m in self.not_above_base)
+
     def line(self, prefix: str = "verdict") -> str:
         """One line: "<prefix>: RL forgets less | SFT forgets less | unresolved: <gap, CI, range, n>"."""
         a, b = method_display_name(self.method_a), method_display_name(self.method_b)
@@ -286,8 +290,7 @@ class Verdict:
             text += f", {100 * self.confidence:g}% CI [{format_signed(self.ci95[0])}, {format_signed(self.ci95[1])}]"
         text += f", at matched new-task success over ({self.matched[0]:.1f}, {self.matched[1]:.1f}]"
         if self.not_above_base:
-            names = " and ".join(method_display_name(m) for m in self.not_above_base)
-            text += f" (a point: {names} never exceeded the base's new-task success)"
+            text += f" (a point: {self.not_above_base_names()} never exceeded the base's new-task success)"
         if self.episodes:
             counts = ", ".join(f"{task} {lo}" if lo == hi else f"{task} {lo}-{hi}"
                                for task, (lo, hi) in self.episodes.items())
@@ -371,12 +374,12 @@ def gap_replicates(
     def scores(rs: Sequence[Record], key: str) -> np.ndarray:
         return np.array([r[key] for r in rs], dtype=float)
 
+    base_new = scores(base, "new_task")
     both_new = np.concatenate([scores(group_a, "new_task"), scores(group_b, "new_task")])
-    x_lo = _x_lo(scores(base, "new_task"), both_new)
+    x_lo = _x_lo(base_new, both_new)
     gap, lo, hi = matched_gap((scores(group_a, "new_task"), scores(group_a, "prior_task")),
                               (scores(group_b, "new_task"), scores(group_b, "prior_task")), x_lo)
     episodes = _episode_ranges(base + group_a + group_b)
-    base_new = scores(base, "new_task")
     not_above = tuple(m for m, group in ((method_a, group_a), (method_b, group_b))
                       if len(base_new) and scores(group, "new_task").max() <= base_new.mean())
     try:
