@@ -64,6 +64,20 @@ def checkpoint_records(records, methods=("sft", "rl")):
     return [r for r in records if r.get("method") in methods and r.get("status") != "failed"]
 
 
+def count_env_pools(monkeypatch) -> list[str]:
+    """The name of the config behind every env pool opened from now on."""
+    from razor_robot.experiment.schema import SweepConfig
+
+    opened, real = [], SweepConfig.env_pool
+
+    def counted(self):
+        opened.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(SweepConfig, "env_pool", counted)
+    return opened
+
+
 def test_mini_sweep_writes_records_plots_videos_and_resumes(tmp_path, cache_dir):
     config = write_config(tmp_path, cache_dir)
     out = tmp_path / "out"
@@ -165,8 +179,10 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, cache_dir, mo
         return records
 
     monkeypatch.setattr(sweep, "execute_run", flaky)
+    pools = count_env_pools(monkeypatch)
     config = write_config(tmp_path, cache_dir, report={"videos": False})
     assert main(["sweep", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert pools == ["mini"]  # one pool served the base, the demonstrations and every run, the failed one too
     records = read_records(tmp_path / "out" / "results.jsonl")
     failed = [r for r in records if r.get("status") == "failed"]
     assert len(failed) == 1 and failed[0]["reason"] == "NonFiniteLossError: non-finite loss nan at step 3"
@@ -218,14 +234,16 @@ def test_oracle_and_distill_runs_train_on_policy_episodes_or_fail_with_the_reaso
             assert all(r["forgetting/ci95"] for r in own)
 
 
-def test_several_bases_each_fine_tuned_then_pooled(tmp_path, cache_dir):
+def test_several_bases_each_fine_tuned_then_pooled(tmp_path, cache_dir, monkeypatch):
     # Two bases of one recipe (seeds 0, 1): each base's sweep in its folder, every record naming its base,
     # and the summary opening with the pooled verdict and the per-base outcomes.
     config = write_config(tmp_path, cache_dir, base={**MINI["base"], "seeds": [0, 1]},
                           sft={**MINI["sft"], "grid": {"optim.learning_rate": [3e-4]}},
                           report={"videos": False})
     out = tmp_path / "out"
+    pools = count_env_pools(monkeypatch)
     assert main(["sweep", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert pools == ["mini"]  # both bases' sweeps on one pool: its workers build their envs once
     records = read_records(out / "results.jsonl")
     assert Counter(r["base_id"] for r in records) == {"base-s0": 4, "base-s1": 4}  # base + 2 SFT + 1 RL each
     for label in ("base-s0", "base-s1"):

@@ -15,6 +15,7 @@ rest. A run that raises (including a NaN loss) is recorded as failed with its re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -37,22 +38,35 @@ from razor_robot.report.records import (
     RESULTS_FILE, append_records, completed_records, finished_run_ids, read_records,
 )
 from razor_robot.report.stats import rate_summary
+from razor_robot.rollout.pool import EnvPool
 from razor_robot.training.distributed import run_on_main
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True,
-              log: Callable[[str], None] = print, base_label: str = "") -> Path:
+              log: Callable[[str], None] = print, base_label: str = "", pool: EnvPool | None = None) -> Path:
     """Run (or resume) the whole sweep; returns the results file.
 
     Several bases (``base.seeds``): each base's sweep runs in ``OUT/<base label>/`` as a sweep of its own,
-    then ``OUT/results.jsonl`` gathers every base's records (each names its base in ``base_id``)."""
-    from razor_robot.envs import check_env_options, require_backend
-    from razor_robot.rollout.ray_envs import require_ray
+    then ``OUT/results.jsonl`` gathers every base's records (each names its base in ``base_id``).
 
+    One env pool (``pool``, else the config's) serves every stage and run of the sweep, and every base of a
+    multi-base one: its workers build their envs once (~9 s of each worker's time per pool on the embedded
+    default), not once per run."""
     runs = expand_runs(config)  # validates every run's config before any work
     bases = config.bases()
     if len(bases) > 1:
-        return _run_bases(bases, Path(out_dir), progress, log)
+        with config.env_pool() as shared:
+            return _run_bases(bases, Path(out_dir), progress, log, shared)
+    with contextlib.nullcontext(pool) if pool is not None else config.env_pool() as pool:
+        return _run_single(config, runs, Path(out_dir), progress, log, base_label, pool)
+
+
+def _run_single(config: SweepConfig, runs: list[RunSpec], out: Path, progress: bool, log: Callable[[str], None],
+                base_label: str, pool: EnvPool) -> Path:
+    """One base's sweep (:func:`run_sweep`), its rollouts on ``pool``."""
+    from razor_robot.envs import check_env_options, require_backend
+    from razor_robot.rollout.ray_envs import require_ray
+
     require_backend(config.backend)
     check_env_options(config.backend, config.env)
     if config.demos.path and any(r.method == "sft" for r in runs):
@@ -75,14 +89,13 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
         accelerator = make_accelerator(config.distributed, cpu=resolve_device(config.policy)[0] == "cpu")
     main = accelerator is None or accelerator.is_main_process
     progress = progress and main
-    out = Path(out_dir)
     results = out / RESULTS_FILE
     start = time.perf_counter()
 
     def prepare() -> RunInputs:  # base, its evaluation and the SFT/oracle data: once, on the main process
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(dumps_strict(to_dict(config), indent=2))
-        prepared = _prepare(config, runs, out, results, progress, log, base_label or _base_reference(config))
+        prepared = _prepare(config, runs, out, results, progress, log, base_label or _base_reference(config), pool)
         done = finished_run_ids(read_records(results))
         log(f"runs: {len(runs)} in the sweep, {sum(r.run_id in done for r in runs)} already done, "
             f"{sum(r.run_id not in done for r in runs)} to run")
@@ -99,25 +112,25 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, progress: bool = True
 
     base_id = base_label or _base_reference(config)
     first = [r for r in runs if r.method != "distill-sft"]
-    _run_all(config, first, inputs, results, progress, accelerator, fit_now, base_id)
+    _run_all(config, first, inputs, results, progress, accelerator, fit_now, base_id, pool)
     distill = [r for r in runs if r.method == "distill-sft"]
     if distill:
         inputs = run_on_main(accelerator, "distill-sft's episodes",
-                             lambda: _distill_data(config, inputs, out, results, progress, log))
-        _run_all(config, distill, inputs, results, progress, accelerator, fit_now, base_id)
+                             lambda: _distill_data(config, inputs, out, results, progress, log, pool))
+        _run_all(config, distill, inputs, results, progress, accelerator, fit_now, base_id, pool)
     if main:
         log(f"sweep finished in {time.perf_counter() - start:.0f} s -> {results}")
     return results
 
 
 def _run_bases(bases: list[tuple[str, SweepConfig]], out: Path, progress: bool,
-               log: Callable[[str], None]) -> Path:
+               log: Callable[[str], None], pool: EnvPool) -> Path:
     """Every base's sweep in OUT/<label>/, then OUT/results.jsonl = all their records (rewritten
     atomically)."""
     parts = []
     for label, single in tqdm(bases, desc="bases", disable=not progress):
         log(f"== {label}: base {_base_reference(single)}")
-        parts.append(run_sweep(single, out / label, progress=progress, log=log, base_label=label))
+        parts.append(run_sweep(single, out / label, progress=progress, log=log, base_label=label, pool=pool))
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` the main process alone writes it
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / RESULTS_FILE) as tmp:
@@ -150,44 +163,43 @@ def import_demos(path: str, image_key: str | None, directory: Path) -> Path:
 
 
 def _prepare(config: SweepConfig, runs: list[RunSpec], out: Path, results: Path, progress: bool,
-             log: Callable[[str], None], base_id: str) -> RunInputs:
+             log: Callable[[str], None], base_id: str, pool: EnvPool) -> RunInputs:
     """Stages 1-2: base policy, its evaluation and record, the SFT and oracle-sft datasets."""
     start = time.perf_counter()
     methods = {r.method for r in runs}
-    with config.env_pool() as pool:
-        base_dir = base_checkpoint(config, pool, progress=progress, log=log)
-        base = base_evaluation(config, base_dir, out, pool, progress=progress)
-        scores = base.scores()
-        if not any(r.get("method") == "base" for r in read_records(results)):
-            append_records(results, _tagged([{"run_id": "base", "method": "base", "step": 0, "fraction": 0.0,
-                                              "hparams": {}, **scores, "kl": 0.0, "kl/forward": 0.0,
-                                              "kl/reverse": 0.0, "kl/tv": 0.0, "kl/l2": 0.0,
-                                              "checkpoint": str(base_dir)}], base_id))
-        log(f"base: new task {_rate(scores, 'new_task')}, prior {_rate(scores, 'prior_task')} "
-            f"({time.perf_counter() - start:.0f} s); evaluation: {config.plan.counts.note}")
-        datasets: dict[str, str] = {}
-        missing: dict[str, str] = {}
-        if "sft" in methods and config.demos.path:
-            datasets["sft"] = str(import_demos(config.demos.path, config.demos.image_key, out / "sft-demos"))
-        elif "sft" in methods:
-            _, directory = collect_demos(config, config.eval.new_task, config.plan.grid,
-                                         config.demos.episodes_per_point, config.demos.seed, pool, progress=progress)
-            datasets["sft"] = str(directory)
-        if "oracle-sft" in methods:
-            try:
-                dataset, directory = collect_policy_demos(config, str(base_dir), out / "oracle-demos", pool,
-                                                          progress=progress)
-            except RuntimeError as error:  # the base never succeeded: its runs are recorded as failed
-                missing["oracle-sft"] = str(error)
-                log(f"oracle-sft data: {error}")
-            else:
-                datasets["oracle-sft"] = str(directory)
-                log(f"oracle-sft data: {_demo_line(dataset)} of the base policy")
+    base_dir = base_checkpoint(config, pool, progress=progress, log=log)
+    base = base_evaluation(config, base_dir, out, pool, progress=progress)
+    scores = base.scores()
+    if not any(r.get("method") == "base" for r in read_records(results)):
+        append_records(results, _tagged([{"run_id": "base", "method": "base", "step": 0, "fraction": 0.0,
+                                          "hparams": {}, **scores, "kl": 0.0, "kl/forward": 0.0,
+                                          "kl/reverse": 0.0, "kl/tv": 0.0, "kl/l2": 0.0,
+                                          "checkpoint": str(base_dir)}], base_id))
+    log(f"base: new task {_rate(scores, 'new_task')}, prior {_rate(scores, 'prior_task')} "
+        f"({time.perf_counter() - start:.0f} s); evaluation: {config.plan.counts.note}")
+    datasets: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    if "sft" in methods and config.demos.path:
+        datasets["sft"] = str(import_demos(config.demos.path, config.demos.image_key, out / "sft-demos"))
+    elif "sft" in methods:
+        _, directory = collect_demos(config, config.eval.new_task, config.plan.grid,
+                                     config.demos.episodes_per_point, config.demos.seed, pool, progress=progress)
+        datasets["sft"] = str(directory)
+    if "oracle-sft" in methods:
+        try:
+            dataset, directory = collect_policy_demos(config, str(base_dir), out / "oracle-demos", pool,
+                                                      progress=progress)
+        except RuntimeError as error:  # the base never succeeded: its runs are recorded as failed
+            missing["oracle-sft"] = str(error)
+            log(f"oracle-sft data: {error}")
+        else:
+            datasets["oracle-sft"] = str(directory)
+            log(f"oracle-sft data: {_demo_line(dataset)} of the base policy")
     return RunInputs(base=base, out_dir=str(out), datasets=datasets, missing=missing)
 
 
 def _distill_data(config: SweepConfig, inputs: RunInputs, out: Path, results: Path, progress: bool,
-                  log: Callable[[str], None]) -> RunInputs:
+                  log: Callable[[str], None], pool: EnvPool) -> RunInputs:
     """Stage 4: distill-sft's dataset from the best RL checkpoint (highest new-task, then prior-task
     success)."""
     best = best_checkpoint([r for r in completed_records(results) if r["method"] == "rl"], "rl")
@@ -195,9 +207,7 @@ def _distill_data(config: SweepConfig, inputs: RunInputs, out: Path, results: Pa
         return dataclasses.replace(inputs, missing={**inputs.missing, "distill-sft": "every rl run failed"})
     directory = out / "distill-demos" / Path(best["checkpoint"]).parent.name / Path(best["checkpoint"]).name
     try:
-        with config.env_pool() as pool:
-            dataset, directory = collect_policy_demos(config, best["checkpoint"], directory, pool,
-                                                      progress=progress)
+        dataset, directory = collect_policy_demos(config, best["checkpoint"], directory, pool, progress=progress)
     except RuntimeError as error:
         log(f"distill-sft data: {error}")
         return dataclasses.replace(inputs, missing={**inputs.missing, "distill-sft": str(error)})
@@ -207,7 +217,7 @@ def _distill_data(config: SweepConfig, inputs: RunInputs, out: Path, results: Pa
 
 
 def _run_all(config: SweepConfig, runs: list[RunSpec], inputs: RunInputs | None, results: Path, progress: bool,
-             accelerator: Any, fit_now: Callable[[], Any], base_id: str) -> None:
+             accelerator: Any, fit_now: Callable[[], Any], base_id: str, pool: EnvPool) -> None:
     """Stage 3/5: every run not yet in the results file; records appended as each run finishes."""
     main = accelerator is None or accelerator.is_main_process
     done = finished_run_ids(read_records(results)) if main else set()
@@ -221,7 +231,7 @@ def _run_all(config: SweepConfig, runs: list[RunSpec], inputs: RunInputs | None,
         return
     for run in tqdm(pending, desc="runs", disable=not progress):
         run_inputs = dataclasses.replace(inputs, meter_fit=fit_now())
-        records = _run_or_failure(config, run, run_inputs, progress=progress, accelerator=accelerator)
+        records = _run_or_failure(config, run, run_inputs, progress=progress, accelerator=accelerator, pool=pool)
         if main:
             append_records(results, _tagged(records, base_id))
 
@@ -232,6 +242,8 @@ def _run_or_failure(config: SweepConfig, run: RunSpec, inputs: RunInputs, **kwar
     except Exception as error:  # one broken run must not stop the sweep
         reason = f"{type(error).__name__}: {error}"
         traceback.print_exc()
+        if kwargs.get("pool") is not None:  # workers a failure left mid-batch: the next run starts fresh ones
+            kwargs["pool"].release()
         return [{"run_id": run.run_id, "method": run.method, "seed": run.seed, "hparams": run.hparams,
                  "status": "failed", "reason": reason}]
 

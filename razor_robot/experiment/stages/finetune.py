@@ -11,6 +11,7 @@ waits on a long evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -111,9 +112,9 @@ def stability_line(result: dict[str, float]) -> str:
 
 
 def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: bool = True,
-                accelerator: Any = None) -> list[dict[str, Any]]:
+                accelerator: Any = None, pool: Any = None) -> list[dict[str, Any]]:
     """Train one run, saving its checkpoints, then evaluate each. Returns the records (none on processes other
-    than the main one)."""
+    than the main one). Rollouts run on ``pool`` (the sweep's; None: the config's, for this run alone)."""
     import torch
 
     from razor_robot.training.data import load_dataset
@@ -153,7 +154,7 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
             policy.save_pretrained(directory, state_dict=state)
         checkpoints.append(Checkpoint(step, fraction, directory, time.perf_counter() - start))
 
-    with config.env_pool() as pool:  # workers start with the first rollout
+    with contextlib.nullcontext(pool) if pool is not None else config.env_pool() as pool:
         if run.method == "rl":
             result = train_reinforce(policy, config.plan.grid, run.config, task=config.eval.new_task,
                                      unnorm_key=config.unnorm_key, pool=pool,
@@ -162,7 +163,6 @@ def execute_run(config: SweepConfig, run: RunSpec, inputs: RunInputs, progress: 
             if logger is not None:
                 logger.summary({k: v for k, v in result.items() if k.startswith("rl/")})
                 print(f"{run.run_id}: {stability_line(result)}", flush=True)
-            pool.release()  # evaluation starts them again; meanwhile the checkpoints load
         else:
             train_sft(policy, load_dataset(inputs.datasets[run.method]), run.config, unnorm_key=config.unnorm_key,
                       on_checkpoint=on_checkpoint, log=logger, progress=progress, accelerator=accelerator,
