@@ -37,8 +37,8 @@ def test_paper_plan_builds_the_7b_on_meta_and_counts_the_sweep(capsys, monkeypat
 
 def test_quickstart_plan_is_within_20_percent_of_what_the_quickstart_spends(capsys, tmp_path):
     """The real figures of the cold quickstart from the shipped base (README, status; docs/benchmarks.md,
-    session 10): its rollouts ran 123,600 env steps at 30 steps an episode, i.e. 4,120 episodes (192 base
-    evaluation + 640 demonstrations + 192 x 9 checkpoint evaluations + 12 x 128 RL episodes + 24 video
+    session 13): its rollouts ran 142,800 env steps at 30 steps an episode, i.e. 4,760 episodes (256 base
+    evaluation + 640 demonstrations + 256 x 9 checkpoint evaluations + 12 x 128 RL episodes + 24 video
     episodes); optimiser steps 2 x 900 (SFT: 1.5 epochs of 19,200 // 32) + 12 (RL) = 1,812, no pretraining
     (the base ships); 9 fine-tuning checkpoints, whose size is measured here."""
     from razor_robot.policies import load_policy
@@ -46,7 +46,7 @@ def test_quickstart_plan_is_within_20_percent_of_what_the_quickstart_spends(caps
     assert main(["plan", str(ROOT / "configs/quickstart.yaml")]) == 0
     text = capsys.readouterr().out
     episodes, env_steps, optimizer_steps = _row(text, "total")
-    assert abs(episodes / 4120 - 1) < 0.2 and abs(env_steps / 123_600 - 1) < 0.2
+    assert abs(episodes / 4760 - 1) < 0.2 and abs(env_steps / 142_800 - 1) < 0.2
     assert abs(optimizer_steps / 1812 - 1) < 0.2
     policy = load_policy("tiny", action_dim=4, prompt_template="simpler-env")
     policy.save_pretrained(tmp_path)
