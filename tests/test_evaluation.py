@@ -57,6 +57,9 @@ def test_episodes_sized_by_target_half_width_and_capped():
         EvalConfig(target_half_width=0.0)
     with pytest.raises(ValueError, match="prior_protocol"):
         EvalConfig(prior_protocol="standard")
+    with pytest.raises(ValueError, match="prior_episodes must be >= 1"):
+        EvalConfig(prior_episodes=0)
+    assert EvalConfig(prior_episodes=0, prior_tasks=()).plan()[:2] == (100, 0)  # new task only
 
 
 def test_oracle_rejection_sampler_keeps_only_successes_counts_attempts_and_stores_tokens():

@@ -135,6 +135,21 @@ def test_reinforce_gradient_matches_hand_loss(tiny):
     torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_loss_at_a_rollout_temperature_uses_the_tempered_log_probs(tiny):
+    # Rollouts sampled at T = 0.5 come from softmax(logits / 0.5): the loss must take those log-probabilities.
+    batch = _batch(tiny, [1.0, 0.0, -2.0], seed=5)
+    with torch.no_grad():
+        logits = tiny.action_logits(batch.images, batch.instructions, batch.tokens)  # (3, D, K)
+        picked = (batch.tokens - tiny.action_token_offset)[..., None]
+        tempered = torch.log_softmax(logits / 0.5, -1).gather(-1, picked)[..., 0].sum(-1)  # (3,)
+        untempered = torch.log_softmax(logits, -1).gather(-1, picked)[..., 0].sum(-1)
+        loss, _ = minibatch_loss(tiny, batch, np.arange(3), _config(temperature=0.5), None)
+        at_one, _ = minibatch_loss(tiny, batch, np.arange(3), _config(temperature=1.0), None)
+    assert loss.item() == pytest.approx(-(1.0 * tempered[0] - 2.0 * tempered[2]).item() / 3, rel=1e-5)
+    assert at_one.item() == pytest.approx(-(1.0 * untempered[0] - 2.0 * untempered[2]).item() / 3, rel=1e-5)
+    assert abs(loss.item() - at_one.item()) > 1e-3
+
+
 def test_micro_batches_weighted_by_size_sum_to_the_minibatch_loss(tiny):
     # train_reinforce accumulates micro-batch losses times len(micro) / len(minibatch).
     batch = _batch(tiny, [0.3, -1.0, 0.0, 0.7, 1.1], seed=2)

@@ -75,6 +75,10 @@ class EvalConfig:
         self.prior_tasks = tuple(self.prior_tasks)
         if self.new_task_positions < 1 or self.prior_episodes < 0 or self.kl_observation_stride < 1:
             raise ValueError("need new_task_positions >= 1, prior_episodes >= 0, kl_observation_stride >= 1")
+        if self.prior_tasks and self.prior_episodes < 1 and self.prior_protocol == "seeded" \
+                and self.target_half_width is None:
+            raise ValueError(f"eval.prior_episodes must be >= 1: forgetting is measured on the prior tasks' "
+                             f"episodes ({', '.join(self.prior_tasks)})")
         if self.target_half_width is not None and not 0 < self.target_half_width < 50:
             raise ValueError(f"target_half_width must be in (0, 50) points, got {self.target_half_width}")
         if self.max_episodes < 1:

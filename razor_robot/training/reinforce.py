@@ -1,12 +1,14 @@
 """On-policy RL fine-tuning of a VLA: REINFORCE with a reward-normalisation baseline (the paper's RL).
 
 Each iteration:
-  1. roll out G episodes per training grid point with the current policy (action tokens sampled at T=1);
+  1. roll out G episodes per training grid point with the current policy (action tokens sampled at
+     ``temperature``, 1 in the paper config);
   2. reward R = 1 if the episode succeeded else 0 (binary success);
   3. advantage of every episode in grid point g's group: A = (R - mean_g R) / (std_g R + eps); a group whose
      rewards are all equal carries no signal and gets A = 0;
-  4. loss = -mean over steps of A * log π(a_t | o_t), where log π(a_t | o_t) is the sum of the D action-token
-     log-probabilities and A is the advantage of the step's episode. No KL term.
+  4. loss = -mean over steps of A * log π_T(a_t | o_t), where log π_T(a_t | o_t) is the sum of the D
+     action-token log-probabilities of the distribution sampled from (logits / T) and A is the advantage of the
+     step's episode. No KL term.
 
 Loss normalisation: the iteration's N steps (zero-advantage steps included) are shuffled into
 ceil(N / ``optim.batch_size``) minibatches of equal size (within one step), one optimiser step each; a
@@ -68,7 +70,8 @@ class RLConfig:
     epochs_per_batch: int = 1
     """Passes over each iteration's rollouts (grpo may use several; REINFORCE is on-policy with 1)."""
     temperature: float = 1.0
-    """Sampling temperature of rollouts."""
+    """Sampling temperature of rollouts; the loss takes the log-probabilities of that tempered distribution.
+    Evaluation stays greedy, so below 1 the policy RL improves is closer to the one evaluated."""
     advantage_eps: float = 1e-6
     """Added to the group's reward std."""
     checkpoints: int = 3
@@ -139,12 +142,14 @@ def steps_from_trajectories(trajectories: list[Trajectory], advantages: np.ndarr
 
 
 def token_log_probs(policy: Any, images, instructions: list[str], tokens: torch.Tensor,
-                    model: Any = None) -> torch.Tensor:
-    """(B, D) log-probabilities of the given action tokens under the 256-way action-token softmax.
+                    model: Any = None, temperature: float = 1.0) -> torch.Tensor:
+    """(B, D) log-probabilities of the given action tokens under the 256-way action-token softmax at
+    ``temperature``: the distribution the rollouts sampled from, so that the policy gradient is that of the
+    sampling policy (as TRL's GRPO divides its logits by the generation temperature).
 
     ``model`` is the policy as prepared for training (a DDP/FSDP wrapper, or the policy itself).
     """
-    logits = (model or policy)(images, instructions, tokens).float()  # (B, D, K)
+    logits = (model or policy)(images, instructions, tokens).float() / temperature  # (B, D, K)
     return F.log_softmax(logits, -1).gather(-1, (tokens - policy.action_token_offset).unsqueeze(-1)).squeeze(-1)
 
 
@@ -171,14 +176,15 @@ def minibatch_loss(policy: Any, batch: StepBatch, idx: np.ndarray, config: RLCon
     if config.variant == "kl-reinforce":
         logits = (model or policy)(images, instructions, tokens).float()  # (B, D, K)
         logp_all = F.log_softmax(logits, -1)
-        logp = logp_all.gather(-1, (tokens - policy.action_token_offset).unsqueeze(-1)).squeeze(-1)  # (B, D)
+        logp = F.log_softmax(logits / config.temperature, -1).gather(
+            -1, (tokens - policy.action_token_offset).unsqueeze(-1)).squeeze(-1)  # (B, D) sampling policy's
         with torch.no_grad():
             base_logp = F.log_softmax(base_logits_fn(images, instructions, tokens).float(), -1)
         kl = (logp_all.exp() * (logp_all - base_logp)).sum(-1).sum(-1)  # (B,) KL(π‖π0) summed over tokens
         pg = -(advantages * logp.sum(-1)).sum()
         loss = (pg + weight * config.kl_coef * kl.sum()) / denominator
         return loss, {"pg_loss": pg.item() / denominator, "kl": kl.mean().item()}
-    logp = token_log_probs(policy, images, instructions, tokens, model=model)  # (B, D)
+    logp = token_log_probs(policy, images, instructions, tokens, model=model, temperature=config.temperature)
     if config.variant == "grpo":
         ratio = torch.exp(logp - batch.old_token_logp[run])  # (B, D) token-level ratios
         adv = advantages.unsqueeze(-1)
@@ -278,7 +284,8 @@ def train_reinforce(
         advantages = group_advantages(rewards, groups, config.variant, config.advantage_eps)
         batch = steps_from_trajectories(trajectories, advantages)
         if config.variant == "grpo":  # the rollout policy's log-probs (its weights equal the model's here)
-            batch.old_token_logp = _old_log_probs(learner.rollout_copy.policy, batch, config.optim.micro_batch)
+            batch.old_token_logp = _old_log_probs(learner.rollout_copy.policy, batch, config.optim.micro_batch,
+                                                  config.temperature)
         counts = gather_counts(learner.accelerator, batch, rewards, advantages)
         # Its own stream: switching the diagnostics on or off leaves the episodes and updates unchanged.
         probe = (_diagnostic_probe(batch, config.diagnostic_steps, np.random.default_rng([config.seed, iteration]))
@@ -494,8 +501,9 @@ def _diagnostics(before: torch.Tensor, after: torch.Tensor, base: torch.Tensor |
 
 
 @torch.no_grad()
-def _old_log_probs(policy: Any, batch: StepBatch, micro: int) -> torch.Tensor:
+def _old_log_probs(policy: Any, batch: StepBatch, micro: int, temperature: float) -> torch.Tensor:
     policy.eval()
     parts = [token_log_probs(policy, batch.images[i:i + micro], batch.instructions[i:i + micro],
-                             batch.tokens[i:i + micro]) for i in range(0, len(batch.tokens), micro)]
+                             batch.tokens[i:i + micro], temperature=temperature)
+             for i in range(0, len(batch.tokens), micro)]
     return torch.cat(parts)  # (N, D)
