@@ -3,6 +3,7 @@ is a one-line error that names the file, the line and the way to recover."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,41 @@ def test_a_null_reason_pointing_nowhere_is_a_one_line_error(tmp_path):
     path.write_text('{"run_id": "a", "kl": null, "null_reasons": {"/kl/0": "NaN"}}\n')
     with pytest.raises(ValueError, match=r"results.jsonl:1: a corrupt null_reasons .*delete line 1"):
         read_records(path)
+
+
+def _checkpoint_table_script():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "checkpoint_table.py"
+    spec = importlib.util.spec_from_file_location("checkpoint_table", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_checkpoint_table_gives_every_rate_its_interval_and_count(tmp_path):
+    from razor_robot.report.stats import rate_summary
+
+    def record(method, step, fraction, new, prior, lr=None):
+        out = {"method": method, "step": step, "fraction": fraction, "hparams": {} if lr is None else
+               {"optim.learning_rate": lr}}
+        for field, outcomes in (("new_task", new), ("prior_task", prior)):
+            s = rate_summary(outcomes)
+            out.update({field: s["rate"], f"{field}/n": s["n"], f"{field}/successes": s["successes"],
+                        f"{field}/ci95": s["ci95"]})
+        return out
+
+    for base, oracle_step in (("base-s0", 111), ("base-s3", 135)):
+        (tmp_path / base).mkdir()
+        lines = [record("base", 0, 0.0, [1, 0, 0, 0], [1, 1]), record("rl", 12, 1.0, [1, 1, 0, 0], [1, 0], lr=3e-4),
+                 record("oracle-sft", oracle_step, 1.0, [0, 0, 0, 0], [1, 1])]
+        (tmp_path / base / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = _checkpoint_table_script().markdown_table(_checkpoint_table_script().load_bases(tmp_path))
+    rows = table.splitlines()
+    assert rows[0] == ("| checkpoint | base-s0 new task | base-s0 prior tasks | base-s3 new task | "
+                       "base-s3 prior tasks |")
+    # 1/4: Wilson 95% [4.6, 69.9]; 2/4: [15.0, 85.0]; 0/4: [0.0, 49.0]; 2/2: [34.2, 100.0]; 1/2: [9.5, 90.5]
+    assert rows[2] == ("| base | 25.0 [4.6, 69.9] 1/4 | 100.0 [34.2, 100.0] 2/2 | 25.0 [4.6, 69.9] 1/4 | "
+                       "100.0 [34.2, 100.0] 2/2 |")
+    assert rows[3].startswith("| RL lr 3e-4 @12 | 50.0 [15.0, 85.0] 2/4 | 50.0 [9.5, 90.5] 1/2 |")
+    assert rows[4].startswith("| oracle-sft @100% | 0.0 [0.0, 49.0] 0/4 |")  # steps 111 and 135: by fraction
