@@ -93,27 +93,29 @@ def _checkpoint_table_script():
 
 
 def test_checkpoint_table_gives_every_rate_its_interval_and_count(tmp_path):
-    from razor_robot.report.stats import rate_summary
+    # Wilson 95% intervals (points): 1/4 [4.6, 69.9], 2/4 [15.0, 85.0], 0/4 [0.0, 49.0], 2/2 [34.2, 100.0],
+    # 1/2 [9.5, 90.5]; the script prints what the records hold.
+    wilson = {(1, 4): [4.559, 69.936], (2, 4): [15.004, 84.996], (0, 4): [0.0, 48.989], (2, 2): [34.238, 100.0],
+              (1, 2): [9.453, 90.547]}
 
     def record(method, step, fraction, new, prior, lr=None):
         out = {"method": method, "step": step, "fraction": fraction, "hparams": {} if lr is None else
                {"optim.learning_rate": lr}}
-        for field, outcomes in (("new_task", new), ("prior_task", prior)):
-            s = rate_summary(outcomes)
-            out.update({field: s["rate"], f"{field}/n": s["n"], f"{field}/successes": s["successes"],
-                        f"{field}/ci95": s["ci95"]})
+        for field, (k, n) in (("new_task", new), ("prior_task", prior)):
+            out.update({field: 100 * k / n, f"{field}/n": n, f"{field}/successes": k,
+                        f"{field}/ci95": wilson[(k, n)]})
         return out
 
     for base, oracle_step in (("base-s0", 111), ("base-s3", 135)):
         (tmp_path / base).mkdir()
-        lines = [record("base", 0, 0.0, [1, 0, 0, 0], [1, 1]), record("rl", 12, 1.0, [1, 1, 0, 0], [1, 0], lr=3e-4),
-                 record("oracle-sft", oracle_step, 1.0, [0, 0, 0, 0], [1, 1])]
+        lines = [record("base", 0, 0.0, (1, 4), (2, 2)), record("rl", 12, 1.0, (2, 4), (1, 2), lr=3e-4),
+                 record("oracle-sft", oracle_step, 1.0, (0, 4), (2, 2))]
         (tmp_path / base / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    table = _checkpoint_table_script().markdown_table(_checkpoint_table_script().load_bases(tmp_path))
+    script = _checkpoint_table_script()
+    table = script.markdown_table(script.load_bases(tmp_path))
     rows = table.splitlines()
     assert rows[0] == ("| checkpoint | base-s0 new task | base-s0 prior tasks | base-s3 new task | "
                        "base-s3 prior tasks |")
-    # 1/4: Wilson 95% [4.6, 69.9]; 2/4: [15.0, 85.0]; 0/4: [0.0, 49.0]; 2/2: [34.2, 100.0]; 1/2: [9.5, 90.5]
     assert rows[2] == ("| base | 25.0 [4.6, 69.9] 1/4 | 100.0 [34.2, 100.0] 2/2 | 25.0 [4.6, 69.9] 1/4 | "
                        "100.0 [34.2, 100.0] 2/2 |")
     assert rows[3].startswith("| RL lr 3e-4 @12 | 50.0 [15.0, 85.0] 2/4 | 50.0 [9.5, 90.5] 1/2 |")
