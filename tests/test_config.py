@@ -122,3 +122,20 @@ def test_bf16_sparsity_uses_the_paper_configs_precision_switch():
     assert _load_config(str(paper)).policy.dtype == "bfloat16"  # the paper's bf16 training
     for dtype in script.MASTER_DTYPES:
         assert _load_config(str(paper), [f"{script.PRECISION_KEY}={dtype}"]).policy.dtype == dtype
+
+
+def test_one_base_seed_is_that_base_of_the_multi_base_sweep():
+    from pathlib import Path
+
+    from razor_robot.cli import _load_config
+
+    reproduce = str(Path(__file__).parents[1] / "configs" / "reproduce.yaml")
+    one = _load_config(reproduce, ["base.seeds=[3]"])
+    assert one.base.seeds is None and one.base.checkpoint == "builtin:tiny-metaworld-s3"
+    assert one.bases() == [("", one)]
+    label, of_three = _load_config(reproduce).bases()[1]
+    assert label == "base-s3" and one.base == of_three.base
+    shifted = _load_config(reproduce).base.pretrain.seed + 3_000_000  # BASE_SEED_STRIDE * 3
+    assert one.base.pretrain.seed == of_three.base.pretrain.seed == shifted
+    with pytest.raises(ValueError, match="has \\{seed\\} but base.seeds is not set"):
+        _load_config(reproduce, ["base.seeds=null"])

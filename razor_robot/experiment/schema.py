@@ -151,7 +151,8 @@ class BaseSpec:
     """Several bases in one sweep, one per seed: every run fine-tunes each base, records name their base, and
     the report gives per-base and pooled results. Base s is pretrained with its demonstrations' seeds shifted
     by s * BASE_SEED_STRIDE and s as its training and initialisation seed (or is ``checkpoint`` with {seed}
-    = s). None = one base, exactly as ``checkpoint``/``pretrain`` say."""
+    = s). One seed is that one base as a single-base sweep; None = one base, exactly as
+    ``checkpoint``/``pretrain`` say."""
 
     def __post_init__(self):
         if self.seeds is not None:
@@ -160,6 +161,12 @@ class BaseSpec:
             if self.checkpoint and "{seed}" not in self.checkpoint and len(self.seeds) > 1:
                 raise ValueError(f"base.checkpoint {self.checkpoint!r} names one base for {len(self.seeds)} "
                                  "seeds: put {seed} in it (e.g. builtin:tiny-metaworld-s{seed})")
+            if len(self.seeds) == 1:  # one base: exactly base s of a multi-base sweep, as a single-base sweep
+                single = self.for_seed(self.seeds[0])
+                self.checkpoint, self.pretrain, self.seeds = single.checkpoint, single.pretrain, None
+        elif self.checkpoint and "{seed}" in self.checkpoint:
+            raise ValueError(f"base.checkpoint {self.checkpoint!r} has {{seed}} but base.seeds is not set: "
+                             "list the bases' seeds (e.g. base.seeds=[0]) or name one checkpoint")
 
     def for_seed(self, seed: int) -> "BaseSpec":
         """The single-base spec of base ``seed`` (see ``seeds``)."""
