@@ -71,7 +71,7 @@ class RLConfig:
     """Passes over each iteration's rollouts (grpo may use several; REINFORCE is on-policy with 1)."""
     temperature: float = 1.0
     """Sampling temperature of rollouts; the loss takes the log-probabilities of that tempered distribution.
-    Evaluation stays greedy, so below 1 the policy RL improves is closer to the one evaluated."""
+    Evaluation stays greedy (T = 0); what T < 1 did on the embedded bases is in docs/benchmarks.md (session 14)."""
     advantage_eps: float = 1e-6
     """Added to the group's reward std."""
     checkpoints: int = 3
