@@ -4,8 +4,8 @@
 
 Reads ``results.jsonl`` under SWEEP_DIR (one per base, ``base-s<seed>/``, or the sweep's own for one base) and
 prints one row per checkpoint (the base, then each method's runs by learning rate and step) and, per base, a
-new-task and a prior-task column. A cell reads ``rate [lo, hi] k/n``: the success rate in points, its 95% Wilson
-interval and the episode count, as the records hold them (docs/benchmarks.md takes its tables from here).
+new-task and a prior-task column. A cell reads ``rate [lo, hi] n=episodes`` as in every summary.txt: the success
+rate in points, its 95% Wilson interval and the episode count (docs/benchmarks.md takes its tables from here).
 """
 
 from __future__ import annotations
@@ -38,12 +38,6 @@ def row_label(key: tuple[int, str, float, float], steps: set[int]) -> str:
     return f"{name} @{steps.pop()}" if len(steps) == 1 else f"{name} @{fraction:.0%}"
 
 
-def rate_cell(record: dict[str, Any], field: str) -> str:
-    """``rate [lo, hi] k/n`` of one success-rate field of a record."""
-    lo, hi = record[f"{field}/ci95"]
-    return f"{record[field]:.1f} [{lo:.1f}, {hi:.1f}] {record[f'{field}/successes']}/{record[f'{field}/n']}"
-
-
 def load_bases(root: Path) -> dict[str, dict[tuple, dict[str, Any]]]:
     """base label -> row key -> record, for every evaluated checkpoint under ``root``."""
     files = sorted(root.glob("base-*/results.jsonl")) or [root / "results.jsonl"]
@@ -61,6 +55,8 @@ def load_bases(root: Path) -> dict[str, dict[tuple, dict[str, Any]]]:
 
 
 def markdown_table(bases: dict[str, dict[tuple, dict[str, Any]]]) -> str:
+    from razor_robot.report.summary import format_rate  # the summaries' own cell: rate [lo, hi] n=episodes
+
     keys = sorted({key for rows in bases.values() for key in rows})
     header = ["checkpoint"] + [f"{label} {column}" for label in bases for column in ("new task", "prior tasks")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -68,7 +64,7 @@ def markdown_table(bases: dict[str, dict[tuple, dict[str, Any]]]) -> str:
         cells = [row_label(key, {rows[key]["step"] for rows in bases.values() if key in rows})]
         for rows in bases.values():
             record = rows.get(key)
-            cells += ["", ""] if record is None else [rate_cell(record, "new_task"), rate_cell(record, "prior_task")]
+            cells += ["", ""] if record is None else [format_rate(record, field) for field in ("new_task", "prior_task")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

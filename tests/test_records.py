@@ -116,7 +116,7 @@ def test_checkpoint_table_gives_every_rate_its_interval_and_count(tmp_path):
     rows = table.splitlines()
     assert rows[0] == ("| checkpoint | base-s0 new task | base-s0 prior tasks | base-s3 new task | "
                        "base-s3 prior tasks |")
-    assert rows[2] == ("| base | 25.0 [4.6, 69.9] 1/4 | 100.0 [34.2, 100.0] 2/2 | 25.0 [4.6, 69.9] 1/4 | "
-                       "100.0 [34.2, 100.0] 2/2 |")
-    assert rows[3].startswith("| RL lr 3e-4 @12 | 50.0 [15.0, 85.0] 2/4 | 50.0 [9.5, 90.5] 1/2 |")
-    assert rows[4].startswith("| oracle-sft @100% | 0.0 [0.0, 49.0] 0/4 |")  # steps 111 and 135: by fraction
+    assert rows[2] == ("| base | 25.0 [4.6, 69.9] n=4 | 100.0 [34.2, 100.0] n=2 | 25.0 [4.6, 69.9] n=4 | "
+                       "100.0 [34.2, 100.0] n=2 |")
+    assert rows[3].startswith("| RL lr 3e-4 @12 | 50.0 [15.0, 85.0] n=4 | 50.0 [9.5, 90.5] n=2 |")
+    assert rows[4].startswith("| oracle-sft @100% | 0.0 [0.0, 49.0] n=4 |")  # steps 111 and 135: by fraction
