@@ -14,6 +14,7 @@ and 95% Wilson interval. A checkpoint is a directory or ``builtin:<name>``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,6 +60,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.positions < 1:
         parser.error("--positions must be >= 1")
+    missing = [c for c in args.checkpoints if not c.startswith("builtin:") and not Path(c).is_dir()]
+    if missing:
+        parser.error(f"checkpoint not found: {', '.join(missing)}")
 
     from razor_robot.envs import eval_positions, position_ranges
     from razor_robot.experiment.loading import adapter_factory_for, load_for_training
@@ -75,7 +79,10 @@ def main() -> None:
     config = EvalConfig(new_task_positions=args.positions, prior_tasks=(), prior_episodes=0,
                         position_seed=args.position_seed, episode_seed=2_000_000)
     requests = new_task_requests(config, positions)
-    policies = [load_for_training(c, PolicySpec()).eval() for c in args.checkpoints]  # fail before any rollout
+    try:  # every checkpoint loads before any rollout
+        policies = [load_for_training(c, PolicySpec()).eval() for c in args.checkpoints]
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
     print("| checkpoint | " + " | ".join(DECODINGS) + " |\n|---|" + "---|" * len(DECODINGS))
     with EnvPool("metaworld", {"image_size": 64}, num_workers=args.workers, envs_per_worker=32) as pool:
         for checkpoint, policy in zip(args.checkpoints, policies):
